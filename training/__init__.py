@@ -1,0 +1,1 @@
+"""Training entry points: the demo job and experiment recipes."""
