@@ -515,7 +515,9 @@ class DGC(keras.Model):
             A dict of NumPy arrays: `cluster_probs` `(N, K)` and `cluster` `(N,)`.
         """
         x, y = self._prepare_arrays(x, y)
-        function = tf.function(self.labeled_cluster_probs, reduce_retracing=True)
+        if not hasattr(self, "_labeled_function"):
+            self._labeled_function = tf.function(self.labeled_cluster_probs, reduce_retracing=True)
+        function = self._labeled_function
         probs = np.concatenate(
             [
                 function(x[start : start + batch_size], y[start : start + batch_size]).numpy()
@@ -541,7 +543,17 @@ class DGC(keras.Model):
 
     # ------------------------------------------------------------------ pretraining
 
-    def pretrain(self, x, y=None, epochs=10, batch_size=256, learning_rate=1e-3, verbose="auto", mixture_n_init=1):
+    def pretrain(
+        self,
+        x,
+        y=None,
+        epochs=10,
+        batch_size=256,
+        learning_rate=1e-3,
+        verbose="auto",
+        prior_init="mixture",
+        mixture_n_init=1,
+    ):
         """Pretrain encoder and decoder as an autoencoder, then initialize the prior.
 
         The autoencoder maximizes log p(x | z = z_mean) with the model's own
@@ -558,11 +570,21 @@ class DGC(keras.Model):
             batch_size: autoencoder batch size.
             learning_rate: Adam learning rate of the autoencoder.
             verbose: Keras verbosity.
+            prior_init: `"mixture"` fits a Gaussian mixture to the codes, so
+                clusters start from the geometry of `x`. `"shared"` starts
+                every component at the mean and variance of all codes (with
+                a small random offset between means), so p(k|z) is nearly
+                uniform and the response `y` decides the first split; use it
+                when clusters should follow `y` more than the shape of `x`.
             mixture_n_init: initializations of the mixture fit.
 
         Returns:
             The autoencoder's `keras.callbacks.History`, or None for 0 epochs.
         """
+        if prior_init not in ("mixture", "shared"):
+            raise ValueError(
+                f"`prior_init` must be 'mixture' or 'shared'. Received: prior_init={prior_init!r}"
+            )
         x = preprocessing.as_feature_matrix(x)
         if not getattr(self, "adapted", False):
             self.adapt(x, y if self.uses_response else None)
@@ -575,8 +597,22 @@ class DGC(keras.Model):
                 x, epochs=epochs, batch_size=batch_size, verbose=verbose, callbacks=[guard]
             )
             guard.raise_if_stopped()
-        self.initialize_prior(x, n_init=mixture_n_init)
+        if prior_init == "mixture":
+            self.initialize_prior(x, n_init=mixture_n_init)
+        else:
+            self.initialize_shared_prior(x)
         return history
+
+    def initialize_shared_prior(self, x, offset=0.01):
+        """Start all components at the moments of the codes, `offset` standard deviations apart."""
+        z_mean = self._encode_mean(x).astype(np.float64)
+        rng = np.random.default_rng(self.seed)
+        scale = z_mean.std(axis=0) + 1e-6
+        means = z_mean.mean(axis=0) + offset * scale * rng.standard_normal((self.num_clusters, self.latent_dim))
+        variances = np.tile(z_mean.var(axis=0) + self.variance_floor, (self.num_clusters, 1))
+        self.prior.assign(np.full(self.num_clusters, 1.0 / self.num_clusters), means, variances)
+        self.prior_initialized = True
+        self.initialization_method = "shared"
 
     def initialize_prior(self, x, n_init=1, max_rows=20000):
         """Fit the mixture prior to the encoder's `z_mean` of (up to `max_rows` of) `x`."""
@@ -599,6 +635,55 @@ class DGC(keras.Model):
         self.prior.assign(weights, means, variances)
         self.prior_initialized = True
         self.initialization_method = method
+
+    def refit_prior(self, x, y=None, batch_size=2048):
+        """Set the prior to its ELBO-optimal value for the current q(z|x) and q(c|x).
+
+        This is the M-step of the mixture: with `lambda_nk` the cluster
+        weights of row n (computed with `y` when given, else without) and
+        `m_n`, `v_n` the mean and variance of q(z|x_n),
+
+            pi_k     = mean_n lambda_nk
+            mu_k     = sum_n lambda_nk m_n / sum_n lambda_nk
+            sigma2_k = sum_n lambda_nk (v_n + (m_n - mu_k)^2) / sum_n lambda_nk
+
+        maximize the ELBO over the prior in closed form, where gradient steps
+        would take many epochs to get there.
+
+        Args:
+            x: raw features of shape `(num_samples, num_features)`.
+            y: raw responses of shape `(num_samples,)`, or None.
+        """
+        x, y = self._prepare_arrays(x, y)
+        use_labels = y is not None and self.uses_response
+        if not hasattr(self, "_prior_statistics_function"):
+            def statistics(rows, responses):
+                z_mean, z_log_var = self.encoder(self.scale_features(rows))
+                if use_labels:
+                    weights = self.labeled_cluster_probs(rows, responses)
+                else:
+                    weights = self(rows)["cluster_probs"]
+                return weights, z_mean, tf.exp(z_log_var)
+
+            self._prior_statistics_function = tf.function(statistics, reduce_retracing=True)
+        weights, means, variances = [], [], []
+        for start in range(0, len(x), batch_size):
+            rows = x[start : start + batch_size]
+            responses = y[start : start + batch_size] if use_labels else tf.zeros([len(rows)])
+            batch_weights, batch_means, batch_variances = self._prior_statistics_function(rows, responses)
+            weights.append(batch_weights.numpy())
+            means.append(batch_means.numpy())
+            variances.append(batch_variances.numpy())
+        weights = np.concatenate(weights).astype(np.float64)  # (N, K)
+        means = np.concatenate(means).astype(np.float64)  # (N, D)
+        variances = np.concatenate(variances).astype(np.float64)  # (N, D)
+
+        totals = weights.sum(axis=0) + 1e-10  # (K,)
+        component_means = weights.T @ means / totals[:, None]  # (K, D)
+        second_moments = weights.T @ (variances + means**2) / totals[:, None]  # (K, D)
+        component_variances = np.maximum(second_moments - component_means**2, self.variance_floor)
+        self.prior.assign(totals / totals.sum(), component_means, component_variances)
+        self.prior_initialized = True
 
     def _encode_mean(self, x, batch_size=2048):
         encode = tf.function(lambda rows: self.encoder(self.scale_features(rows))[0], reduce_retracing=True)
