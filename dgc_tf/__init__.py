@@ -17,6 +17,7 @@ _LAZY_NAMES = {
     "MixturePrior": "dgc_tf.prior",
     "ResponseHeads": "dgc_tf.heads",
     "fit_with_restarts": "dgc_tf.restarts",
+    "PriorRefit": "dgc_tf.callbacks",
     "clustering_accuracy": "dgc_tf.metrics",
     "clustering_scores": "dgc_tf.metrics",
 }

@@ -107,9 +107,9 @@ class DGC(keras.Model):
             int(units) for units in (decoder_units if decoder_units is not None else self.encoder_units[::-1])
         )
         self.likelihood = likelihood
-        self.feature_scaling = (
-            ("minmax" if likelihood == "bernoulli" else "standard") if feature_scaling == "auto" else feature_scaling
-        )
+        if feature_scaling == "auto":
+            feature_scaling = "minmax" if likelihood == "bernoulli" else "standard"
+        self.feature_scaling = feature_scaling
         self.head = head
         self.head_units = tuple(int(units) for units in head_units)
         self.response_weight = float(response_weight)
@@ -171,6 +171,10 @@ class DGC(keras.Model):
 
     def build(self, input_shape):
         num_features = int(input_shape[-1])
+        if self.response == "categorical" and self.num_classes is None and not self.uses_response:
+            # NOTE: a VaDE model fitted without y never trains its heads; two
+            # placeholder classes keep the prediction dict's shape defined.
+            self.num_classes = 2
         if self.response == "categorical" and self.num_classes is None:
             raise ValueError(
                 "The number of classes of the categorical response is unknown. "
@@ -371,7 +375,9 @@ class DGC(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
 
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        # The response heads get no gradient when the response term is off (VaDE).
+        pairs = [(g, v) for g, v in zip(gradients, self.trainable_variables) if g is not None]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
         return self._update_trackers(terms, per_example)
 
@@ -463,7 +469,7 @@ class DGC(keras.Model):
         """
         arrays = _is_array_like(x)
         if arrays and not getattr(self, "adapted", False):
-            self.adapt(x, y if self.uses_response else None)
+            self.adapt(x, y)
         if self.uses_response and y is None and arrays:
             self._check_response_given(y)
         x, y = self._prepare_arrays(x, y)
@@ -587,7 +593,7 @@ class DGC(keras.Model):
             )
         x = preprocessing.as_feature_matrix(x)
         if not getattr(self, "adapted", False):
-            self.adapt(x, y if self.uses_response else None)
+            self.adapt(x, y)
         history = None
         if epochs > 0:
             autoencoder = Autoencoder(self)
@@ -656,7 +662,9 @@ class DGC(keras.Model):
         """
         x, y = self._prepare_arrays(x, y)
         use_labels = y is not None and self.uses_response
-        if not hasattr(self, "_prior_statistics_function"):
+        functions = self.__dict__.setdefault("_prior_statistics_functions", {})
+        if use_labels not in functions:
+
             def statistics(rows, responses):
                 z_mean, z_log_var = self.encoder(self.scale_features(rows))
                 if use_labels:
@@ -665,12 +673,13 @@ class DGC(keras.Model):
                     weights = self(rows)["cluster_probs"]
                 return weights, z_mean, tf.exp(z_log_var)
 
-            self._prior_statistics_function = tf.function(statistics, reduce_retracing=True)
+            functions[use_labels] = tf.function(statistics, reduce_retracing=True)
+        statistics_function = functions[use_labels]
         weights, means, variances = [], [], []
         for start in range(0, len(x), batch_size):
             rows = x[start : start + batch_size]
             responses = y[start : start + batch_size] if use_labels else tf.zeros([len(rows)])
-            batch_weights, batch_means, batch_variances = self._prior_statistics_function(rows, responses)
+            batch_weights, batch_means, batch_variances = statistics_function(rows, responses)
             weights.append(batch_weights.numpy())
             means.append(batch_means.numpy())
             variances.append(batch_variances.numpy())
@@ -703,7 +712,9 @@ class DGC(keras.Model):
             (decoder mean in raw feature units) and `x` (a draw of p(x|z)),
             both `(N, F)`, and `y` `(N,)`: decoded labels or raw-unit values.
         """
-        seeds = tfp.random.split_seed(seed if seed is not None else np.random.randint(2**31), n=4)
+        # A pair of integers is a stateless seed; a bare int would make TFP draw one statefully.
+        seed = seed if seed is not None else int(np.random.default_rng().integers(2**31))
+        seeds = tfp.random.split_seed((0, seed), n=4)
         cluster = tfd.Categorical(logits=self.prior.mixture_logits).sample(num_samples, seed=seeds[0])
         means = tf.gather(self.prior.component_means, cluster)
         scales = tf.sqrt(tf.gather(self.prior.variances(), cluster))

@@ -145,8 +145,14 @@ def build_vocabulary(y, name="y"):
             )
         labels = labels.astype(np.int64)
     if labels.dtype == object:
-        if any(label is None for label in labels):
-            raise ValueError(f"`{name}` contains missing labels (None); drop those rows first.")
+        # pandas string columns mark a missing label with NaN, which astype(str)
+        # would turn into a class named "nan"; pandas.isna also catches None and pd.NA.
+        import pandas
+
+        if pandas.isna(labels).any():
+            raise ValueError(
+                f"`{name}` contains missing labels (None or NaN); drop those rows first."
+            )
         labels = labels.astype(str)
     classes = np.unique(labels)
     if len(classes) < 2:

@@ -56,7 +56,7 @@ RECIPES = {
             encoder_units=(500, 500, 2000),
             likelihood="bernoulli",
             head="bias",
-            response_weight=3.0,
+            response_weight=10.0,
         ),
         "prior_init": "mixture",
         "pretrain_epochs": 50,
@@ -82,7 +82,9 @@ def _train(recipe, train, seed, vade):
     return fit_with_restarts(
         lambda restart_seed: _build(recipe, restart_seed, 0.0 if vade else None),
         train.x,
-        None if vade else train.y,
+        # VaDE's objective has no response term and ignores y; passing it
+        # lets the model learn the label vocabulary like DGC does.
+        train.y,
         n_init=recipe["n_init"],
         seed=seed,
         pretrain_kwargs=dict(
