@@ -22,6 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
+from dgc_tf.callbacks import PriorRefit  # noqa: E402
 from dgc_tf.data import load_noisy_mnist, make_pacman, train_test_split  # noqa: E402
 from dgc_tf.metrics import clustering_accuracy, clustering_scores  # noqa: E402
 from dgc_tf.model import DGC  # noqa: E402
@@ -41,6 +42,7 @@ RECIPES = {
             head="linear",
         ),
         "prior_init": "shared",
+        "refit_start_epoch": 10,
         "pretrain_epochs": 20,
         "epochs": 30,
         "batch_size": 128,
@@ -58,7 +60,8 @@ RECIPES = {
             head="bias",
             response_weight=10.0,
         ),
-        "prior_init": "mixture",
+        "prior_init": "shared",
+        "refit_start_epoch": 10,
         "pretrain_epochs": 50,
         "epochs": 60,
         "batch_size": 100,
@@ -78,7 +81,13 @@ def _build(recipe, seed, response_weight=None):
 
 
 def _train(recipe, train, seed, vade):
+    """Train DGC, or VaDE (the same model without its response term), with restarts.
+
+    Both refit the prior by its M-step from `refit_start_epoch` on; VaDE
+    starts from a Gaussian mixture on the codes, as VaDE does.
+    """
     prior_init = "mixture" if vade else recipe["prior_init"]
+    refit = PriorRefit(train.x, None if vade else train.y, start_epoch=recipe["refit_start_epoch"])
     return fit_with_restarts(
         lambda restart_seed: _build(recipe, restart_seed, 0.0 if vade else None),
         train.x,
@@ -93,7 +102,7 @@ def _train(recipe, train, seed, vade):
             prior_init=prior_init,
             verbose=0,
         ),
-        fit_kwargs=dict(epochs=recipe["epochs"], batch_size=recipe["batch_size"], verbose=0),
+        fit_kwargs=dict(epochs=recipe["epochs"], batch_size=recipe["batch_size"], callbacks=[refit], verbose=0),
     )[0]
 
 
