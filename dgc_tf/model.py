@@ -21,9 +21,10 @@ TERM_NAMES = ("reconstruction", "response", "cluster_kl", "latent_kl")
 
 
 def _is_array_like(data):
-    return data is not None and not isinstance(data, (tf.data.Dataset, dict)) and not callable(
-        getattr(data, "__next__", None)
-    ) and not isinstance(data, keras.utils.PyDataset)
+    """Tell arrays and frames apart from datasets, generators and dict inputs."""
+    if data is None or isinstance(data, (tf.data.Dataset, dict, keras.utils.PyDataset)):
+        return False
+    return not callable(getattr(data, "__next__", None))
 
 
 @keras.saving.register_keras_serializable(package="dgc_tf")

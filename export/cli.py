@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from dgc_tf.export.layout import check_name, check_target, check_version, model_directory
+
 PROGRAM = "dgc-tf export"
 
 
@@ -39,10 +41,14 @@ def main(argv=None):
         arguments = build_parser().parse_args(argv)
     except SystemExit as exit_request:  # --help (code 0) or a usage error (code 2), already printed
         return exit_request.code
-    # Keep TensorFlow's C++ start-up messages out of the command's output
-    # unless the user set a log level.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        # Paths are checked before TensorFlow is imported, which takes seconds.
+        check_model_file(arguments.model)
+        check_name(arguments.name)
+        model_dir = model_directory(arguments.out, arguments.name)
+        if arguments.version is not None:
+            check_target(os.path.join(model_dir, str(check_version(arguments.version))), arguments.overwrite)
+
         model = load_keras_model(arguments.model)
         from dgc_tf.export.exporter import export_model
 
@@ -62,12 +68,17 @@ def main(argv=None):
     return 0
 
 
-def load_keras_model(path):
-    """Load a `dgc_tf.DGC` from a `.keras` file, or raise ValueError naming the problem."""
+def check_model_file(path):
+    """Raise unless `path` is an existing `.keras` file."""
     if not path.endswith(".keras"):
         raise ValueError(f"RUN_OR_MODEL must be a .keras file. Received: {path!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file {path!r} not found.")
+
+
+def load_keras_model(path):
+    """Load a `dgc_tf.DGC` from a `.keras` file, or raise ValueError naming the problem."""
+    check_model_file(path)
     import keras
 
     from dgc_tf.model import DGC  # Registers the dgc_tf classes for deserialization.

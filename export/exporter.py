@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 
@@ -13,13 +12,13 @@ import tensorflow as tf
 
 from dgc_tf.export import contract
 from dgc_tf.export.graphs import ServingModule, class_vocabulary
+from dgc_tf.export.layout import check_name, check_target, check_version, model_directory, next_version
 from dgc_tf.export.metadata import build_metadata
 from dgc_tf.export.onnx_conversion import attach_metadata, convert_predict_function
 from dgc_tf.model import DGC
 
 logger = logging.getLogger(__name__)
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PARITY_ROWS = 16
 # Retries of the final rename when another export took the chosen version.
 _MAX_VERSION_RETRIES = 5
@@ -62,14 +61,15 @@ def export_model(model, base_dir, name, version=None, overwrite=False, include_o
             TensorFlow disagree.
     """
     check_exportable(model, include_onnx)
-    _check_name(name)
+    check_name(name)
     if version is not None:
-        version = _check_version(version)
-    model_dir = _prepare_model_dir(base_dir, name)
+        version = check_version(version)
+    model_dir = model_directory(base_dir, name)
     explicit_version = version is not None
     if explicit_version:
-        _check_target(os.path.join(model_dir, str(version)), overwrite)
-    else:
+        check_target(os.path.join(model_dir, str(version)), overwrite)
+    os.makedirs(model_dir, exist_ok=True)
+    if not explicit_version:
         version = next_version(model_dir)
 
     logger.info("Exporting model '%s' version %d to %s", name, version, model_dir)
@@ -98,7 +98,7 @@ def check_exportable(model, include_onnx=True):
             "The model is untrained: its mixture prior was never initialized. "
             "Call model.pretrain(x, y) and model.fit(x, y) before exporting."
         )
-    non_finite = [variable.path for variable in model.variables if not np.all(np.isfinite(np.asarray(variable)))]
+    non_finite = [variable.path for variable in model.variables if not np.all(np.isfinite(variable.numpy()))]
     if non_finite:
         raise ValueError(
             f"The model has NaN or infinite weights in {non_finite[:5]}. Retrain it, for example "
@@ -112,56 +112,6 @@ def check_exportable(model, include_onnx=True):
                 f"The {export_format} export does not support response={model.response!r}; supported "
                 f"families: {contract.SUPPORTED_RESPONSES[export_format]}.{hint}"
             )
-
-
-def next_version(model_dir):
-    """Return one more than the largest integer-named entry of `model_dir`, or 1 if there is none."""
-    versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
-    return max(versions) + 1 if versions else 1
-
-
-def _check_name(name):
-    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
-        raise ValueError(
-            "`name` must be a single directory name of letters, digits, '.', '_' and '-', "
-            f"not starting with '.'. Received: name={name!r}"
-        )
-
-
-def _check_version(version):
-    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)) or version < 0:
-        raise ValueError(
-            f"`version` must be a non-negative integer, or None for the next free version. Received: version={version!r}"
-        )
-    return int(version)
-
-
-def _prepare_model_dir(base_dir, name):
-    base_dir = os.fspath(base_dir)
-    if not os.path.isdir(base_dir):
-        raise FileNotFoundError(
-            f"The export base directory {base_dir!r} does not exist. Create it first "
-            "(it is the directory TF Serving reads), or check the path."
-        )
-    model_dir = os.path.join(base_dir, name)
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise FileExistsError(f"{model_dir!r} exists and is not a directory. Remove it or choose another name.")
-    os.makedirs(model_dir, exist_ok=True)
-    return model_dir
-
-
-def _check_target(target, overwrite):
-    if not os.path.lexists(target):
-        return
-    if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
-        return  # An empty directory contains no model, so it is replaced without `overwrite`.
-    if not overwrite:
-        raise FileExistsError(
-            f"Version directory {target!r} already exists and is not empty. Pass overwrite=True "
-            "(--overwrite) to replace it, or omit the version to write the next free one."
-        )
-    if not os.path.isdir(target) or os.path.islink(target):
-        raise FileExistsError(f"{target!r} exists and is not a directory. Remove it first.")
 
 
 def _write_version(model, directory, name, version, include_onnx):
@@ -202,8 +152,8 @@ def _check_onnx_parity(model, module, onnx_path):
     from dgc_tf.export.onnx_predictor import OnnxPredictor
 
     rng = np.random.default_rng(0)
-    offset = np.asarray(model.feature_offset)
-    scale = np.asarray(model.feature_scale)
+    offset = model.feature_offset.numpy()
+    scale = model.feature_scale.numpy()
     rows = (offset + scale * rng.standard_normal((_PARITY_ROWS, model.num_features))).astype(np.float32)
     reference = {key: value.numpy() for key, value in module.predict(tf.constant(rows)).items()}
     if "y_label" in reference and reference["y_label"].dtype == object:

@@ -56,8 +56,8 @@ def build_metadata(model, name, version, serving_module, classes, include_onnx):
         "input_dtype": "float32; the Python predictors cast float64 and integer input to float32",
     }
     if model.response == "gaussian":
-        preprocessing["response_offset"] = float(np.asarray(model.response_offset))
-        preprocessing["response_scale"] = float(np.asarray(model.response_scale))
+        preprocessing["response_offset"] = float(model.response_offset.numpy())
+        preprocessing["response_scale"] = float(model.response_scale.numpy())
         preprocessing["response_formula"] = "y_pred = y_model * response_scale + response_offset"
     else:
         preprocessing["label_encoding"] = (
@@ -104,4 +104,4 @@ def build_metadata(model, name, version, serving_module, classes, include_onnx):
 
 
 def _float_list(variable):
-    return [float(value) for value in np.asarray(variable).reshape(-1)]
+    return [float(value) for value in variable.numpy().reshape(-1)]

@@ -37,7 +37,7 @@ def convert_broadcast_args(ctx, node, name, args):
     shape_inputs = list(node.input)
     ctx.remove_node(node.name)
 
-    one = ctx.make_const(tf2onnx.utils.make_name(f"{node.name}_one"), np.array(1, np.int64)).output[0]
+    one_constant = ctx.make_const(tf2onnx.utils.make_name(f"{node.name}_one"), np.array(1, np.int64)).output[0]
     ones_value = onnx.helper.make_tensor("value", TensorProto.INT64, [1], [1])
     shapes = [ctx.make_node("Cast", [shape], attr={"to": TensorProto.INT64}).output[0] for shape in shape_inputs]
     ranks = [ctx.make_node("Shape", [shape]).output[0] for shape in shapes]
@@ -47,7 +47,7 @@ def convert_broadcast_args(ctx, node, name, args):
         missing = ctx.make_node("Sub", [rank, shape_rank]).output[0]
         leading_ones = ctx.make_node("ConstantOfShape", [missing], attr={"value": ones_value}).output[0]
         padded.append(ctx.make_node("Concat", [leading_ones, shape], attr={"axis": 0}).output[0])
-    first_is_one = ctx.make_node("Equal", [padded[0], one]).output[0]
+    first_is_one = ctx.make_node("Equal", [padded[0], one_constant]).output[0]
     broadcast = ctx.make_node("Where", [first_is_one, padded[1], padded[0]]).output[0]
     ctx.make_node(
         "Cast",

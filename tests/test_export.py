@@ -249,8 +249,8 @@ def test_metadata_json(exports, response):
     assert set(metadata["versions"]) >= {"dgc_tf", "tensorflow", "tf2onnx"}
     assert metadata["versions"]["tensorflow"] == tf.__version__
     assert metadata["versions"]["dgc_tf"] == dgc_tf.__version__
-    np.testing.assert_allclose(metadata["preprocessing"]["feature_offset"], exported.model.feature_offset)
-    np.testing.assert_allclose(metadata["preprocessing"]["feature_scale"], exported.model.feature_scale)
+    np.testing.assert_allclose(metadata["preprocessing"]["feature_offset"], exported.model.feature_offset.numpy())
+    np.testing.assert_allclose(metadata["preprocessing"]["feature_scale"], exported.model.feature_scale.numpy())
     assert sorted(metadata["signatures"]) == sorted(contract.SIGNATURES)
     predict = metadata["signatures"][contract.PREDICT_SIGNATURE]
     assert predict["inputs"] == {"x": {"dtype": "float32", "shape": [None, NUM_FEATURES]}}
