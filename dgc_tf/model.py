@@ -1,6 +1,7 @@
 """The Deep Goal-Oriented Clustering model as a `keras.Model`."""
 
 import math
+import os
 import warnings
 
 import keras
@@ -762,6 +763,26 @@ class DGC(keras.Model):
             seed=self.seed,
         )
         return config
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        """`keras.Model.save`, written under a temporary name and renamed into place.
+
+        A reader never sees a half-written `.keras` file, and a failed save
+        leaves an existing file untouched.
+        """
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(".keras"):
+            return super().save(filepath, overwrite=overwrite, **kwargs)
+        if os.path.exists(filepath) and not overwrite:
+            raise FileExistsError(f"{filepath} exists. Pass overwrite=True to replace it.")
+        directory, name = os.path.split(os.path.abspath(filepath))
+        temporary = os.path.join(directory, f".{name[: -len('.keras')]}.tmp-{os.getpid()}.keras")
+        try:
+            super().save(temporary, overwrite=True, **kwargs)
+            os.replace(temporary, filepath)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
     def build_from_config(self, config):
         super().build_from_config(config)

@@ -162,3 +162,4 @@ def test_fit_with_restarts_rejects_zero_restarts():
     x, groups = blob_data(50)
     with pytest.raises(ValueError, match="n_init"):
         fit_with_restarts(lambda seed: small_model(seed), x, groups, n_init=0)
+

@@ -198,8 +198,8 @@ def _check_run_target(path, overwrite):
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataError(f"{path!r} exists and is not a directory.")
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise DataError(f"Parent directory {parent!r} of the run directory not found.")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise DataError(f"{parent!r} is not a directory, so the run directory cannot be created in it.")
 
 
 def _install_directory(temporary, target):
@@ -341,6 +341,7 @@ def run_fit(args):
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
 
     parent = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(args.out))}.tmp-", dir=parent)
     # mkdtemp creates the folder for its owner only; a run directory gets the usual umask permissions.
     umask = os.umask(0)

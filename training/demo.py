@@ -119,8 +119,11 @@ def _print_result(dataset, model_name, seed, seconds, test_groups, clusters, lab
     )
 
 
-def run(dataset, seed):
-    """Train and score DGC, VaDE and k-means on one data set with one seed."""
+def run(dataset, seed, save_dir=None):
+    """Train and score DGC, VaDE and k-means on one data set with one seed.
+
+    With `save_dir`, the trained DGC model is saved there as `<dataset>.keras`.
+    """
     recipe = RECIPES[dataset]
     train, test = train_test_split(recipe["load"](seed), test_fraction=0.2, seed=seed)
 
@@ -135,6 +138,10 @@ def run(dataset, seed):
         dgc.predict(test.x, verbose=0)["cluster"],
         dgc.predict_labeled(test.x, test.y)["cluster"],
     )
+
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+        dgc.save(os.path.join(save_dir, f"{dataset}.keras"))
 
     start = time.time()
     vade = _train(recipe, train, seed, vade=True)
@@ -152,12 +159,17 @@ def main(argv=None):
     )
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, starting at --first-seed")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first run")
+    parser.add_argument(
+        "--save-dir",
+        default=os.path.join("runs", "demo"),
+        help="folder for the trained DGC models (<dataset>.keras, last seed wins); '' to skip saving",
+    )
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     for dataset in args.datasets:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            run(dataset, seed)
+            run(dataset, seed, args.save_dir)
 
 
 if __name__ == "__main__":
