@@ -130,7 +130,10 @@ class DGC(keras.Model):
         self.prior_initialized = False
 
         self.encoder = Encoder(self.latent_dim, self.encoder_units, activation, name="encoder")
-        self.prior = MixturePrior(self.num_clusters, self.latent_dim, self.variance_floor, name="prior")
+        # The prior's densities stay in float32 under a mixed-precision policy.
+        self.prior = MixturePrior(
+            self.num_clusters, self.latent_dim, self.variance_floor, name="prior", dtype="float32"
+        )
         self.decoder = None
         self.heads = None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + TERM_NAMES}
@@ -273,19 +276,35 @@ class DGC(keras.Model):
     # ------------------------------------------------------------------ forward passes
 
     def scale_features(self, x):
-        return (tf.cast(x, self.compute_dtype) - self.feature_offset) / self.feature_scale
+        return (tf.cast(x, tf.float32) - self.feature_offset) / self.feature_scale
+
+    # The three networks may run in float16 or bfloat16 under a mixed-precision
+    # policy; their outputs are cast so that the objective is computed in float32.
+
+    def encode(self, x_model):
+        """Return `(z_mean, z_log_var)` in float32 for scaled inputs."""
+        z_mean, z_log_var = self.encoder(x_model)
+        return tf.cast(z_mean, tf.float32), tf.cast(z_log_var, tf.float32)
+
+    def decoder_params(self, z):
+        """Return the decoder's output for `z` in float32."""
+        return tf.cast(self.decoder(z), tf.float32)
+
+    def head_params(self, z):
+        """Return the response heads' parameters for `z` in float32, `(..., K, P)`."""
+        return tf.cast(self.heads(z), tf.float32)
 
     def _prepare_response(self, y):
         if self.response == "gaussian":
-            y = tf.reshape(tf.cast(y, self.compute_dtype), [-1])
+            y = tf.reshape(tf.cast(y, tf.float32), [-1])
             return (y - self.response_offset) / self.response_scale
         if self.response == "bernoulli":
-            return tf.reshape(tf.cast(y, self.compute_dtype), [-1])
+            return tf.reshape(tf.cast(y, tf.float32), [-1])
         return tf.reshape(tf.cast(y, tf.int32), [-1])
 
     def _response_terms(self, z, y_model):
         """Return log p(y|z,k) and clipped H_k(z), each `(..., K)`, and the clip mask."""
-        distribution = self.heads.distribution(self.heads(z))
+        distribution = self.heads.distribution(self.head_params(z))
         log_likelihood = distribution.log_prob(y_model[:, tf.newaxis])  # (..., B, K)
         entropy, clipped = objective.clipped_entropy(distribution)
         return log_likelihood, entropy, clipped
@@ -302,15 +321,13 @@ class DGC(keras.Model):
             y: encoded responses of shape `(batch,)`, or None (VaDE).
         """
         x_model = self.scale_features(x)  # (B, F)
-        z_mean, z_log_var = self.encoder(x_model)  # (B, D) each
+        z_mean, z_log_var = self.encode(x_model)  # (B, D) each
         batch_size = tf.shape(z_mean)[0]
-        noise = keras.random.normal(
-            (self.num_samples, batch_size, self.latent_dim), seed=self.seed_generator, dtype=z_mean.dtype
-        )
+        noise = self._replica_noise(batch_size)  # (M, B, D)
         z = z_mean + tf.exp(0.5 * z_log_var) * noise  # (M, B, D)
 
         log_posterior = objective.cluster_log_posterior(self.prior(z))  # (M, B, K)
-        reconstruction = self.decoder.distribution(self.decoder(z)).log_prob(x_model)  # (M, B)
+        reconstruction = self.decoder.distribution(self.decoder_params(z)).log_prob(x_model)  # (M, B)
         latent_kl = self.prior.kl_from_posterior(z_mean, z_log_var)  # (B, K)
 
         response_log_likelihood = entropy = None
@@ -336,6 +353,24 @@ class DGC(keras.Model):
         terms["entropy_clipped"] = clip_fraction
         return terms
 
+    def _replica_noise(self, batch_size):
+        """Draw this replica's rows of one standard-normal draw for the global batch.
+
+        Every replica holds the same seed state and draws the same global
+        tensor, then keeps the rows of its own slice of the batch. One device
+        draws the same tensor and keeps all of it, so the noise per example
+        does not depend on the number of replicas.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            shape = (self.num_samples, batch_size, self.latent_dim)
+            return keras.random.normal(shape, seed=self.seed_generator, dtype="float32")
+        sizes = context.all_gather(tf.reshape(batch_size, [1]), axis=0)  # (replicas,)
+        offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+        shape = (self.num_samples, tf.reduce_sum(sizes), self.latent_dim)
+        noise = keras.random.normal(shape, seed=self.seed_generator, dtype="float32")
+        return noise[:, offset : offset + batch_size]
+
     def _check_response_given(self, y):
         if y is None and self.uses_response:
             raise ValueError(
@@ -344,8 +379,16 @@ class DGC(keras.Model):
             )
 
     def _global_batch_size(self, x):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return tf.cast(tf.shape(x)[0] * replicas, tf.float32)
+        """Return the number of rows in this step over all replicas.
+
+        Summed across replicas rather than multiplied, so that a last batch
+        split unevenly still divides by its true size.
+        """
+        local = tf.cast(tf.shape(x)[0], tf.float32)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return local
+        return tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, local))
 
     def _loss(self, terms, x, sample_weight):
         per_example = -terms["elbo"]  # (B,)
@@ -392,9 +435,9 @@ class DGC(keras.Model):
 
     def _encode_deterministic(self, x):
         """Return z_mean, log p(k|z) and the head parameters at z = z_mean."""
-        z_mean, _ = self.encoder(self.scale_features(x))  # (B, D)
+        z_mean, _ = self.encode(self.scale_features(x))  # (B, D)
         log_posterior = objective.cluster_log_posterior(self.prior(z_mean))  # (B, K)
-        return z_mean, log_posterior, self.heads(z_mean)  # params: (B, K, P)
+        return z_mean, log_posterior, self.head_params(z_mean)  # params: (B, K, P)
 
     def call(self, x, training=False):
         """Return the prediction-time outputs without `y`, with `z = z_mean`.
@@ -668,7 +711,7 @@ class DGC(keras.Model):
         if use_labels not in functions:
 
             def statistics(rows, responses):
-                z_mean, z_log_var = self.encoder(self.scale_features(rows))
+                z_mean, z_log_var = self.encode(self.scale_features(rows))
                 if use_labels:
                     weights = self.labeled_cluster_probs(rows, responses)
                 else:
@@ -697,7 +740,7 @@ class DGC(keras.Model):
         self.prior_initialized = True
 
     def _encode_mean(self, x, batch_size=2048):
-        encode = tf.function(lambda rows: self.encoder(self.scale_features(rows))[0], reduce_retracing=True)
+        encode = tf.function(lambda rows: self.encode(self.scale_features(rows))[0], reduce_retracing=True)
         return np.concatenate([encode(x[start : start + batch_size]).numpy() for start in range(0, len(x), batch_size)])
 
     # ------------------------------------------------------------------ generation
@@ -721,11 +764,11 @@ class DGC(keras.Model):
         means = tf.gather(self.prior.component_means, cluster)
         scales = tf.sqrt(tf.gather(self.prior.variances(), cluster))
         z = means + scales * tf.random.stateless_normal(tf.shape(means), seed=seeds[1])
-        x_params = self.decoder(z)
+        x_params = self.decoder_params(z)
         x_mean = self.decoder.mean(x_params) * self.feature_scale + self.feature_offset
         x_draw = tf.cast(self.decoder.distribution(x_params).sample(seed=seeds[2]), x_mean.dtype)
         x_draw = x_draw * self.feature_scale + self.feature_offset
-        head_params = tf.gather(self.heads(z), cluster, axis=1, batch_dims=1)  # (N, P)
+        head_params = tf.gather(self.head_params(z), cluster, axis=1, batch_dims=1)  # (N, P)
         y = self.heads.distribution(head_params).sample(seed=seeds[3]).numpy()
         if self.response == "gaussian":
             y = y * float(self.response_scale.numpy()) + float(self.response_offset.numpy())
@@ -820,10 +863,11 @@ class Autoencoder(keras.Model):
             if id(variable) not in log_var_variables
         ]
         with tf.GradientTape() as tape:
-            z_mean, _ = self.dgc.encoder(x_model)
-            per_example = -self.dgc.decoder.distribution(self.dgc.decoder(z_mean)).log_prob(x_model)
+            z_mean, _ = self.dgc.encode(x_model)
+            per_example = -self.dgc.decoder.distribution(self.dgc.decoder_params(z_mean)).log_prob(x_model)
             loss = tf.reduce_sum(per_example) / self.dgc._global_batch_size(x)
-        gradients = tape.gradient(loss, variables)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(per_example)
         return {"loss": self.loss_tracker.result()}

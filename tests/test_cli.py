@@ -1,7 +1,7 @@
 """End-to-end tests of the `dgc-tf` command line, run as subprocesses on tiny data.
 
 Every training run uses 200 rows, one epoch and a 16-16 encoder, so a whole
-fit takes seconds; the bad-input cases fail before TensorFlow is imported.
+fit takes seconds. The bad-input cases fail before TensorFlow is imported.
 """
 
 import json

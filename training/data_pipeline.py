@@ -51,14 +51,14 @@ def make_dataset(
             across the replicas of the strategy it was compiled under.
         shuffle: reshuffle the rows every epoch.
         seed: seed of the shuffle. With the same seed every worker of a
-            multi-worker job sees the same order before sharding.
+            multi-worker job reads the same order before sharding.
         drop_remainder: drop the last partial batch, so every step has the
             full global batch.
         shard_policy: `tf.data.experimental.AutoShardPolicy` applied when a
             multi-worker strategy distributes the dataset. `DATA` (the
-            default) gives each worker every n-th element of the same
-            stream, which is the right policy for in-memory arrays that
-            are not split into files.
+            default) makes each worker read the whole dataset and keep its
+            own share of every global batch, which suits in-memory arrays
+            that are not split into files.
         prefetch: prefetch batches with `tf.data.AUTOTUNE`.
 
     Returns:

@@ -5,9 +5,15 @@ pipeline under it: build and compile inside `strategy.scope()`, pretrain the
 autoencoder, initialize the mixture prior once, then fit on a `tf.data`
 pipeline, optionally with `keras.callbacks.BackupAndRestore`.
 
-Losses and gradients are replica-independent because `DGC.train_step`
-divides the summed per-example objective by the global batch size, and
-the strategy sums the replicas' gradients.
+`DGC.train_step` divides the summed per-example objective by the global
+batch size and the strategy sums the replicas' gradients, so without
+sampling noise the weight updates match one device to float32 rounding.
+NOTE: two cases still depend on the number of replicas. A last batch that
+splits unevenly is divided by the wrong size on each replica, and every
+replica draws the same z noise.
+
+`python -m dgc_tf.training.distribute --help` lists the options of a
+throughput measurement on synthetic data.
 """
 
 import argparse
@@ -96,9 +102,9 @@ def has_backup(backup_dir):
 def prior_replica_values(model):
     """Return the mixture prior's means as NumPy arrays, one per replica copy.
 
-    Under a `MirroredStrategy` a variable keeps one copy per device; after
-    `DGC.initialize_prior` assigns it in cross-replica context all copies
-    must be equal. Outside a strategy the list has one array.
+    Under a `MirroredStrategy` a variable keeps one copy per device. An
+    assignment in cross-replica context, as in `DGC.initialize_prior`,
+    writes every copy. Outside a strategy the list has one array.
     """
     variable = model.prior.component_means
     tensor = getattr(variable, "value", variable)
@@ -114,9 +120,8 @@ def use_vector_logs(model, strategy):
     Keras 3.15 reduces the per-step logs of a `MultiWorkerMirroredStrategy`
     with `strategy.reduce("MEAN", value, axis=0)`, which raises "Invalid
     reduction dimension 0 for input with 0 dimensions" for the scalar logs
-    that every train step returns (tensorflow/tensorflow issue 72388). With
-    length-1 vectors the reduction returns the scalar mean over replicas.
-    Epoch logs come from the metrics and are unaffected. Other strategies
+    that every train step returns. With length-1 vectors the reduction
+    returns the scalar mean over replicas. Epoch logs come from the metrics and are unaffected. Other strategies
     reduce scalars correctly, so the model is left unchanged for them.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -214,11 +219,11 @@ def train(
 ):
     """Build, pretrain and fit a DGC model under a distribution strategy.
 
-    Steps: seed Keras, build the model with `build_model(seed)` and compile
-    it inside `strategy.scope()`, pretrain the autoencoder and initialize the
-    mixture prior once (from the whole of `x`, in cross-replica context, so
-    the assignment reaches every replica's copy), then fit on a shuffled
-    `tf.data` pipeline of global batches.
+    Inside `strategy.scope()` the model is built with `build_model(seed)`,
+    its autoencoder pretrained and its mixture prior initialized once. The
+    prior is fitted to the whole of `x` in cross-replica context, so the
+    assignment reaches every replica's copy. The model is then compiled and
+    fitted on a shuffled `tf.data` pipeline of global batches.
 
     When `backup_dir` holds a backup from an interrupted run, pretraining
     and the prior initialization are skipped, because
@@ -244,6 +249,9 @@ def train(
         mixed_precision: None, `"mixed_float16"` or `"mixed_bfloat16"`:
             the global Keras dtype policy while the model is built. The
             previous policy is restored when `train` returns.
+            NOTE: with dgc_tf 0.1.0 both policies fail in the first
+            pretraining step, because `DGC` computes its objective in the
+            policy's float16 or bfloat16 compute dtype.
         jit_compile: compile the train step with XLA.
         steps_per_execution: train steps run per call of the compiled
             function.
@@ -265,9 +273,6 @@ def train(
             f"Received: mixed_precision={mixed_precision!r}"
         )
     strategy = make_strategy(strategy)
-    previous_policy = keras.mixed_precision.global_policy()
-    if mixed_precision is not None:
-        keras.mixed_precision.set_global_policy(mixed_precision)
     replicas = strategy.num_replicas_in_sync
     if int(batch_size) % replicas:
         # Keras 3.15 adds the replicas' first batches together to build the
@@ -276,15 +281,21 @@ def train(
             f"`batch_size` must be a multiple of the number of replicas ({replicas}), so the "
             f"first batch splits evenly. Received: batch_size={batch_size!r}"
         )
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed_precision is not None:
+        keras.mixed_precision.set_global_policy(mixed_precision)
     try:
         keras.utils.set_random_seed(seed)
         worker_backup_dir = backup_directory_for_worker(backup_dir, strategy) if backup_dir else None
         resuming = has_backup(worker_backup_dir)
         with strategy.scope():
             model = build_model(seed)
+            # NOTE: workers decide this separately. A worker that finds no
+            # backup while another does pretrains alone and waits forever
+            # for the others' collective ops.
             if resuming:
                 # Only the preprocessing statistics and the vocabulary are
-                # learned here; every weight is reloaded from the backup.
+                # learned here, because every weight is reloaded from the backup.
                 model.adapt(x, y)
                 model.prior_initialized = True
             else:
@@ -336,18 +347,18 @@ class ThroughputMeter(keras.callbacks.Callback):
 def main(argv=None):
     """Measure training throughput on synthetic blobs under a chosen strategy."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES)
+    parser.add_argument("--strategy", default="auto", choices=STRATEGY_NAMES, help="strategy name (ignored with --logical-cpus)")
     parser.add_argument(
         "--logical-cpus",
         type=int,
         default=0,
-        help="split the CPU into this many logical devices and mirror over them (0: leave the CPU whole)",
+        help="split the CPU into this many logical devices and train with a MirroredStrategy over them (0: leave the CPU whole)",
     )
     parser.add_argument("--rows", type=int, default=8192, help="training rows")
     parser.add_argument("--features", type=int, default=20, help="features per row")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs; the first one, which traces, is not timed")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs, at least 2 (the first epoch traces the graph and is not timed)")
     parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the shuffle")
     arguments = parser.parse_args(argv)
     if arguments.epochs < 2:
         parser.error("--epochs must be at least 2, because the first epoch is not timed")

@@ -60,7 +60,7 @@ def plot_cluster_sizes(folder, clusters, num_clusters):
 
 
 def latent_projection(z_mean):
-    """Project latent means to 2-D with PCA; return the points and the fitted PCA."""
+    """Project latent means to 2-D with PCA, returning the points and the fitted PCA."""
     from sklearn.decomposition import PCA
 
     components = min(2, z_mean.shape[1], len(z_mean))
@@ -112,8 +112,8 @@ def plot_response_by_cluster(folder, y, clusters, num_clusters, response, classe
 def plot_response_curves(folder, model, z_mean, y, clusters, pca):
     """Plot y against the first principal axis of z, with each cluster's head mean along that axis.
 
-    Each head is evaluated on z = (cluster's mean z) + t * (first principal
-    direction), with t over the range the cluster's rows cover.
+    Head k is evaluated on the line through cluster k's mean z along the first
+    principal direction, over the coordinates that cluster k's rows cover.
     """
     pyplot = _pyplot()
     num_clusters = model.num_clusters
@@ -167,7 +167,7 @@ def plot_training_curves(folder, stages):
     for name in names:
         if train and name in train[0]:
             axes.plot([row["epoch"] for row in train], [row[name] for row in train], marker="o", label=name)
-    axes.set_title("Training: loss and ELBO terms (per row)")
+    axes.set_title("Training: loss and ELBO terms (mean per row)")
     axes.set_xlabel("epoch")
     axes.legend(fontsize=8)
     return _save(figure, folder, "training_curves.png")
@@ -210,7 +210,7 @@ def _format(value):
 
 
 def write_report(run_dir, config, model, out_dir=None):
-    """Draw the plots and write report.html; return its path.
+    """Draw the plots and write report.html, returning its path.
 
     Args:
         run_dir: the run directory with sample.npz and history.csv.

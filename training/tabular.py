@@ -5,7 +5,7 @@ columns plus, for array and image data, a feature block.
 
 * CSV (`.csv`, `.tsv`, `.txt`) and Parquet (`.parquet`, `.pq`): every column
   is a column.
-* NPZ: every 1-D array is a column (for example `y`, `groups`, `id`); the
+* NPZ: every 1-D array is a column (for example `y`, `groups`, `id`). The
   array named `x` is the feature block, flattened to one row per sample.
 * NPY: a 2-D numeric array whose columns are named `0`, `1`, ...
 * An image folder: one subfolder per class. The block holds the pixels
@@ -237,8 +237,8 @@ def check_columns(data, names, allow_block=False):
     available = data.column_names if allow_block else list(data.frame.columns)
     for name in names:
         if name is not None and name not in available:
-            shown = ", ".join(map(str, available[:30])) + (" ..." if len(available) > 30 else "")
-            raise DataError(f"Column {name!r} not found in {data.source!r}. Available columns: {shown}.")
+            listed_columns = ", ".join(map(str, available[:30])) + (" ..." if len(available) > 30 else "")
+            raise DataError(f"Column {name!r} not found in {data.source!r}. Available columns: {listed_columns}.")
 
 
 def feature_columns(data, selection):
@@ -386,10 +386,10 @@ def drop_or_reject_missing(data, columns, drop):
             f"{int(mask.sum())} row(s) of {data.source!r} have missing values, in column(s) {listed}. "
             "Pass --drop-missing to drop those rows, or fill the values in."
         )
-    kept = data.take(~mask)
-    if kept.num_rows == 0:
-        raise DataError(f"Every row of {data.source!r} has a missing value; nothing is left after --drop-missing.")
-    return kept, int(mask.sum())
+    remaining = data.take(~mask)
+    if remaining.num_rows == 0:
+        raise DataError(f"Every row of {data.source!r} has a missing value, so nothing is left after --drop-missing.")
+    return remaining, int(mask.sum())
 
 
 def column_values(data, name):
