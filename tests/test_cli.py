@@ -84,6 +84,12 @@ def test_help_of_each_command(command):
     assert "usage:" in result.stdout
 
 
+def test_version_option():
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("dgc-tf ")
+
+
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "dgc_tf", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -154,12 +160,13 @@ def test_predict_reapplies_encoding_to_new_rows(class_run, workspace):
     run_dir, _ = class_run
     new_rows = make_frame(20, seed=1).drop(columns=["y", "group", "yc"])
     new_rows.loc[0, "color"] = "green"  # a category unseen in training
-    new_rows.to_csv(workspace / "new.csv", index=False)
-    result = run_cli("predict", run_dir, workspace / "new.csv", "--out", workspace / "new.parquet")
+    new_rows.to_parquet(workspace / "new.parquet", index=False)
+    result = run_cli("predict", run_dir, workspace / "new.parquet", "--out", workspace / "new_predictions.parquet")
     assert result.returncode == 0, result.stderr
     assert "not seen in training" in result.stderr
-    predictions = pd.read_parquet(workspace / "new.parquet")
+    predictions = pd.read_parquet(workspace / "new_predictions.parquet")
     assert len(predictions) == 20
+    assert predictions["id"].tolist() == new_rows["id"].tolist()
     assert set(predictions["y_pred"]) <= {"no", "yes"}
 
 
@@ -298,6 +305,17 @@ def test_cluster_count_out_of_range_rejected(workspace, tmp_path):
     assert_input_error(result, "--clusters must be at least 2")
     result = run_cli(*fit_arguments(workspace / "data.csv", tmp_path / "run", "--id-column", "id", clusters="500"))
     assert_input_error(result, "--clusters 500 is more than the 200 rows")
+
+
+def test_npy_columns_are_numbered(tmp_path):
+    np.save(tmp_path / "table.npy", make_frame()[["a", "b", "group"]].to_numpy())
+    result = run_cli(*fit_arguments(tmp_path / "table.npy", tmp_path / "run", target="2", clusters="500"))
+    assert_input_error(result, "more than the 200 rows")
+    result = run_cli(*fit_arguments(tmp_path / "table.npy", tmp_path / "run", target="y"))
+    assert_input_error(result, "Column 'y' not found", "Available columns: 0, 1, 2")
+    np.save(tmp_path / "vector.npy", np.arange(5.0))
+    result = run_cli(*fit_arguments(tmp_path / "vector.npy", tmp_path / "run"))
+    assert_input_error(result, "must be a 2-D table")
 
 
 def test_existing_run_directory_rejected(workspace, tmp_path):

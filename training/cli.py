@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+import dgc_tf
 from dgc_tf.training import tabular
 from dgc_tf.training.tabular import DataError
 
@@ -72,6 +73,7 @@ def build_parser():
         prog=PROGRAM,
         description="Deep Goal-Oriented Clustering: cluster data so that the clusters explain a target column.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {dgc_tf.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     commands.required = True
 
@@ -397,8 +399,6 @@ def run_fit(args):
 
 
 def _fit_config(args, data, spec, model, scores, sizes, seconds):
-    import dgc_tf
-
     options = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
     options["data"] = os.path.abspath(args.data)
     options["out"] = os.path.abspath(args.out)
