@@ -74,6 +74,11 @@ def export_model(model, base_dir, name, version=None, overwrite=False, include_o
 
     logger.info("Exporting model '%s' version %d to %s", name, version, model_dir)
     staging_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
+    # mkdtemp creates mode 0700; a version directory gets the mode a plain
+    # mkdir would give, so a model server running as another user can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging_dir, 0o777 & ~umask)
     try:
         written = _write_version(model, staging_dir, name, version, include_onnx)
         target = _move_into_place(staging_dir, model_dir, version, explicit_version, overwrite, written)

@@ -233,6 +233,17 @@ def test_version_directory_layout(exports, base_dir, saved_model_cli_runs, respo
     assert os.listdir(os.path.join(base_dir, response)) == ["1"]
 
 
+def test_version_directory_readable_by_others(exports):
+    # The staging directory comes from mkdtemp (mode 0700); a model server
+    # running as another user must still be able to read the version.
+    umask = os.umask(0)
+    os.umask(umask)
+
+    mode = os.stat(exports["gaussian"].path).st_mode & 0o777
+
+    assert mode == 0o777 & ~umask
+
+
 @pytest.mark.parametrize("response", FAMILIES)
 def test_metadata_json(exports, response):
     exported = exports[response]
