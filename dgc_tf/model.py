@@ -73,7 +73,10 @@ class DGC(keras.Model):
         variance_floor: smallest variance of a mixture component.
         num_classes: number of classes of a categorical `y`; set by `adapt`.
         classes: the label vocabulary; set by `adapt`.
-        seed: seed of the sampling of `z` and of the initializations.
+        seed: seed of the sampling of `z` and of the mixture initialization.
+            Weight initialization and shuffling follow Keras's global seed:
+            call `keras.utils.set_random_seed` too for repeatable runs
+            (`fit_with_restarts` does).
     """
 
     def __init__(
@@ -275,8 +278,15 @@ class DGC(keras.Model):
 
     # ------------------------------------------------------------------ forward passes
 
+    # Scaled features are clipped to this many units (standard deviations for
+    # standard scaling), so a far outlier keeps every downstream value finite
+    # in float32 instead of overflowing to NaN.
+    FEATURE_CLIP = 1e4
+
     def scale_features(self, x):
-        return (tf.cast(x, tf.float32) - self.feature_offset) / self.feature_scale
+        """Return `(x - offset) / scale` in float32, clipped to +-FEATURE_CLIP."""
+        scaled = (tf.cast(x, tf.float32) - self.feature_offset) / self.feature_scale
+        return tf.clip_by_value(scaled, -self.FEATURE_CLIP, self.FEATURE_CLIP)
 
     # The three networks may run in float16 or bfloat16 under a mixed-precision
     # policy; their outputs are cast so that the objective is computed in float32.
@@ -492,9 +502,17 @@ class DGC(keras.Model):
 
     # ------------------------------------------------------------------ NumPy-level API
 
+    def _check_num_features(self, x):
+        if self.built and self.decoder is not None and x.shape[1] != self.num_features:
+            raise ValueError(
+                f"`x` must have shape (num_rows, {self.num_features}), the number of features "
+                f"the model was trained on. Received shape {x.shape}."
+            )
+
     def _prepare_arrays(self, x, y):
         if _is_array_like(x):
             x = preprocessing.as_feature_matrix(x)
+            self._check_num_features(x)
             if y is not None:
                 self._check_lengths(x, y)
         if y is not None and _is_array_like(x):
@@ -557,6 +575,7 @@ class DGC(keras.Model):
         """`keras.Model.predict` on raw features, returning a dict of NumPy arrays."""
         if _is_array_like(x):
             x = preprocessing.as_feature_matrix(x)
+            self._check_num_features(x)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
 
     def predict_labeled(self, x, y, batch_size=1024):

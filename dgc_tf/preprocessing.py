@@ -57,7 +57,15 @@ def as_feature_matrix(x, name="x"):
             f"columns {bad_columns[:10]}. Drop or impute those rows before "
             "training."
         )
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):
+        array32 = array.astype(np.float32)
+    if not np.isfinite(array32).all():
+        bad_rows = int((~np.isfinite(array32)).any(axis=1).sum())
+        raise ValueError(
+            f"`{name}` has {bad_rows} row(s) with values beyond the float32 range "
+            f"(about 3.4e38 in magnitude). Rescale those features before training or prediction."
+        )
+    return array32
 
 
 def feature_statistics(x, method):

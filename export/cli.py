@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import zipfile
 
 from dgc_tf.export.layout import check_name, check_target, check_version, model_directory
 
@@ -74,6 +75,11 @@ def check_model_file(path):
         raise ValueError(f"RUN_OR_MODEL must be a .keras file. Received: {path!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file {path!r} not found.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a valid .keras file (a .keras file is a zip archive; this one is "
+            "truncated or corrupt). Save the model again with model.save()."
+        )
 
 
 def load_keras_model(path):

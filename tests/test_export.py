@@ -668,7 +668,7 @@ def test_cli_exports_reloaded_keras_model(exports, predictors, keras_file, base_
         (["KERAS", "--out", "MISSING_BASE", "--name", "demo"], "does not exist"),
         (["KERAS", "--name", "demo"], "required: --out"),
         (["KERAS", "--out", "BASE", "--name", "demo", "--version", "one"], "invalid int value"),
-        (["CORRUPT", "--out", "BASE", "--name", "demo"], "Failed to load"),
+        (["CORRUPT", "--out", "BASE", "--name", "demo"], "not a valid .keras file"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(exports, keras_file, base_dir, tmp_path, capsys, arguments, message):
