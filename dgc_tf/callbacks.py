@@ -12,7 +12,7 @@ class PriorRefit(keras.callbacks.Callback):
     `DGC.refit_prior` (the ELBO-optimal weights, means and variances for the
     current encoder and cluster weights) at the end of every `every`-th
     epoch from `start_epoch` on. Starting after a few epochs lets the
-    response heads form the clusters first; refitting from the very first
+    response heads form the clusters first. Refitting from the very first
     epoch can lock in an unbalanced early split.
 
     Args:
