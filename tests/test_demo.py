@@ -9,7 +9,7 @@ from dgc_tf.training import demo
 RESULT_PATTERN = re.compile(
     r"^RESULT (?P<dataset>\w+) model=(?P<model>dgc|vade|kmeans) "
     r"clustering_accuracy=(?P<accuracy>[0-9.]+) labeled_clustering_accuracy=(?P<labeled>[0-9.]+|n/a) "
-    r"nmi=[-0-9.]+ ari=[-0-9.]+ seconds=[0-9.]+ seed=0$"
+    r"nmi=[-0-9.]+ ari=[-0-9.]+ entropy_clipped=(?P<clipped>[0-9.]+|n/a) seconds=[0-9.]+ seed=0$"
 )
 
 
@@ -33,4 +33,5 @@ def test_demo_prints_one_line_per_model(tiny_recipes, capsys, tmp_path):
     for match in matches:
         assert 0.0 <= float(match["accuracy"]) <= 1.0
         assert (match["labeled"] == "n/a") == (match["model"] != "dgc")
+        assert (match["clipped"] == "n/a") == (match["model"] != "dgc")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["noisy_mnist.keras", "pacman.keras"]
