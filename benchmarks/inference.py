@@ -56,7 +56,7 @@ def train_and_export(network, directory):
 
 
 def build_methods(model, path):
-    """Return the callables to time, by name; each takes a float32 NumPy matrix."""
+    """Return the callables to time, by name. Each takes a float32 NumPy matrix."""
     num_features = model.num_features
     model_function = tf.function(
         lambda x: model(x), input_signature=[tf.TensorSpec([None, num_features], tf.float32)]

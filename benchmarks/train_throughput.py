@@ -1,11 +1,11 @@
 """Training and pretraining throughput of DGC against a plain Keras autoencoder.
 
-Both models run in the same process, and their epochs alternate (DGC
+All three models run in the same process, and their epochs alternate (DGC
 training, DGC pretraining, plain autoencoder, then again), so that a change
-in the machine's load during the run hits all three alike. Epoch time is
-taken by a callback from `on_epoch_begin` to `on_epoch_end`, which leaves out
-the work that `DGC.fit` does before and after Keras's loop (input checks and
-the collapse check on 2,000 rows); that work is timed separately.
+in the machine's load during the run hits all three alike. A callback times
+each epoch from `on_epoch_begin` to `on_epoch_end`. This leaves out the work
+that `DGC.fit` does before and after Keras's loop (input checks, and the
+collapse check on 2,000 rows), which is reported separately as fit() overhead.
 
 Usage:
 
@@ -36,14 +36,15 @@ import tensorflow as tf
 import dgc_tf
 from dgc_tf.model import Autoencoder
 
-# Published by the DGC authors for their PyTorch code on a 2-core machine.
+# Rows per second that the DGC authors reported for their PyTorch code on a
+# 2-core machine. This script does not measure them.
 AUTHORS_SAMPLES_PER_SECOND = {("pacman", 128): 18700.0, ("mnist", 100): 3200.0}
 TRAIN_RATIO_TARGET = 0.85
 PRETRAIN_RATIO_TARGET = 0.95
 AUTHORS_SPEEDUP_TARGET = 1.5
 
 NETWORKS = {
-    # Encoder widths; the decoder mirrors them. MNIST: categorical y with 10
+    # The decoder mirrors the encoder widths. MNIST: categorical y with 10
     # classes, K = 10, Bernoulli decoder. Pacman: Gaussian y, K = 2.
     "mnist": dict(
         num_features=784,
@@ -130,9 +131,9 @@ def gaussian_negative_log_likelihood(x, params):
 def dense_multiply_adds(model):
     """Return the multiply-adds per row of one forward pass through the model's kernels.
 
-    Counts every trainable variable of rank 2 or more (Dense kernels and the
-    stacked kernels of the response heads); biases and the prior's
-    parameters are not matrix products and are left out.
+    Counts every trainable variable of rank 2 or more: the Dense kernels and
+    the stacked kernels of the response heads. Biases and the prior's
+    parameters take part in no matrix product, so they are left out.
     """
     total = 0
     for variable in model.trainable_variables:
@@ -320,7 +321,7 @@ def run_memory_child(args):
     else:
         model.fit(x, x, epochs=1, batch_size=args.batch_sizes[0], verbose=0)
     try:
-        tf_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        tf_peak = f'{tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20:.0f} MiB'
     except (ValueError, RuntimeError) as error:
         tf_peak = f"unavailable: {error}"
     print(
@@ -359,7 +360,7 @@ def run_memory(args):
             print(
                 f"  {model:5s} batch {batch_size:5d}: peak RSS {record['max_rss_mib']:.0f} MiB "
                 f"(after building, before fit: {record['max_rss_mib_before_fit']:.0f} MiB); "
-                f"TF memory info: {record['tf_memory_info_peak']}",
+                f"peak of TF's CPU allocator: {record['tf_memory_info_peak']}",
                 flush=True,
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
