@@ -28,6 +28,21 @@ def _is_array_like(data):
     return not callable(getattr(data, "__next__", None))
 
 
+def _map_batches(function, arrays, batch_size):
+    """Call `function` on row batches of NumPy arrays; return its outputs concatenated.
+
+    `function` returns one tensor or a tuple of tensors; the result is a
+    tuple of NumPy arrays, one per output.
+    """
+    outputs = []
+    for start in range(0, len(arrays[0]), batch_size):
+        batch_outputs = function(*(array[start : start + batch_size] for array in arrays))
+        if not isinstance(batch_outputs, (tuple, list)):
+            batch_outputs = (batch_outputs,)
+        outputs.append([tensor.numpy() for tensor in batch_outputs])
+    return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+
 @keras.saving.register_keras_serializable(package="dgc_tf")
 class DGC(keras.Model):
     """A VAE with a Gaussian-mixture prior whose clusters each predict `y`.
@@ -587,13 +602,7 @@ class DGC(keras.Model):
         x, y = self._prepare_arrays(x, y)
         if not hasattr(self, "_labeled_function"):
             self._labeled_function = tf.function(self.labeled_cluster_probs, reduce_retracing=True)
-        function = self._labeled_function
-        probs = np.concatenate(
-            [
-                function(x[start : start + batch_size], y[start : start + batch_size]).numpy()
-                for start in range(0, len(x), batch_size)
-            ]
-        )
+        (probs,) = _map_batches(self._labeled_function, (x, y), batch_size)
         return {"cluster_probs": probs, "cluster": probs.argmax(axis=1)}
 
     def predict_labels(self, x, **kwargs):
@@ -739,17 +748,10 @@ class DGC(keras.Model):
 
             functions[use_labels] = tf.function(statistics, reduce_retracing=True)
         statistics_function = functions[use_labels]
-        weights, means, variances = [], [], []
-        for start in range(0, len(x), batch_size):
-            rows = x[start : start + batch_size]
-            responses = y[start : start + batch_size] if use_labels else tf.zeros([len(rows)])
-            batch_weights, batch_means, batch_variances = statistics_function(rows, responses)
-            weights.append(batch_weights.numpy())
-            means.append(batch_means.numpy())
-            variances.append(batch_variances.numpy())
-        weights = np.concatenate(weights).astype(np.float64)  # (N, K)
-        means = np.concatenate(means).astype(np.float64)  # (N, D)
-        variances = np.concatenate(variances).astype(np.float64)  # (N, D)
+        responses = y if use_labels else np.zeros(len(x), np.float32)  # unused without labels
+        weights, means, variances = (
+            array.astype(np.float64) for array in _map_batches(statistics_function, (x, responses), batch_size)
+        )  # (N, K), (N, D), (N, D)
 
         totals = weights.sum(axis=0) + 1e-10  # (K,)
         component_means = weights.T @ means / totals[:, None]  # (K, D)
@@ -759,8 +761,12 @@ class DGC(keras.Model):
         self.prior_initialized = True
 
     def _encode_mean(self, x, batch_size=2048):
-        encode = tf.function(lambda rows: self.encode(self.scale_features(rows))[0], reduce_retracing=True)
-        return np.concatenate([encode(x[start : start + batch_size]).numpy() for start in range(0, len(x), batch_size)])
+        if not hasattr(self, "_encode_mean_function"):
+            self._encode_mean_function = tf.function(
+                lambda rows: self.encode(self.scale_features(rows))[0], reduce_retracing=True
+            )
+        (z_mean,) = _map_batches(self._encode_mean_function, (x,), batch_size)
+        return z_mean
 
     # ------------------------------------------------------------------ generation
 

@@ -48,6 +48,7 @@ def test_far_outlier_weights_stay_finite(trained, magnitude):
     assert np.all(np.isfinite(outputs["cluster_probs"]))
     np.testing.assert_allclose(outputs["cluster_probs"].sum(axis=1), 1.0, atol=1e-6)
     assert np.all(np.isfinite(outputs["y_pred"]))
-    # The clip touches only the outlier: ordinary rows are predicted as alone.
+    # The clip touches only the outlier: ordinary rows are predicted as alone,
+    # up to float32 rounding from the different batch shape.
     alone = model.predict(x[:3], verbose=0)
-    np.testing.assert_array_equal(outputs["cluster_probs"][:3], alone["cluster_probs"])
+    np.testing.assert_allclose(outputs["cluster_probs"][:3], alone["cluster_probs"], atol=1e-6)
