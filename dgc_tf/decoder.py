@@ -14,9 +14,9 @@ class Decoder(keras.layers.Layer):
     """Map latent codes to the parameters of p(x|z).
 
     * `"bernoulli"`: independent Bernoulli pixels, for data in [0, 1]; the
-      output holds logits.
+      output contains logits.
     * `"gaussian"`: independent normals with a learned per-feature scale,
-      for standardized features; the output holds means.
+      for standardized features; the output contains means.
 
     Args:
         num_features: size of `x`.

@@ -19,10 +19,11 @@ class MixtureInitializationError(RuntimeError):
 def fit_mixture(z, num_clusters, seed=0, n_init=1, variance_floor=1e-4):
     """Fit a diagonal Gaussian mixture to latent codes, falling back when it fails.
 
-    Tries, in order: scikit-learn's `GaussianMixture`; the same with a
-    covariance regularization of 1% of the mean variance (duplicate rows and
-    tiny clusters make the plain fit singular); k-means centres with the
-    variance of each k-means cluster floored at `variance_floor`.
+    Tries three methods in order. First scikit-learn's `GaussianMixture`.
+    Then the same with a covariance regularization of 1% of the mean
+    variance, because duplicate rows and tiny clusters make the plain fit
+    singular. Last, k-means centres with the variance of each k-means
+    cluster floored at `variance_floor`.
 
     Args:
         z: array of shape `(num_samples, latent_dim)`.

@@ -381,7 +381,7 @@ class DGC(keras.Model):
     def _replica_noise(self, batch_size):
         """Draw this replica's rows of one standard-normal draw for the global batch.
 
-        Every replica holds the same seed state and draws the same global
+        Every replica has the same seed state and draws the same global
         tensor, then keeps the rows of its own slice of the batch. One device
         draws the same tensor and keeps all of it, so the noise per example
         does not depend on the number of replicas.
@@ -644,7 +644,7 @@ class DGC(keras.Model):
             x: raw features of shape `(num_samples, num_features)`.
             y: responses of shape `(num_samples,)`, used only to learn the
                 preprocessing (`adapt`) when it was not learned before; the
-                autoencoder never sees them.
+                autoencoder never uses them.
             epochs: autoencoder epochs; 0 skips straight to the mixture fit.
             batch_size: autoencoder batch size.
             learning_rate: Adam learning rate of the autoencoder.

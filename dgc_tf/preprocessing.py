@@ -25,7 +25,7 @@ def as_feature_matrix(x, name="x"):
         A float32 NumPy array of shape `(num_samples, num_features)`.
 
     Raises:
-        ValueError: if `x` is not numeric, not 2-D, empty, or holds NaN or
+        ValueError: if `x` is not numeric, not 2-D, empty, or contains NaN or
             infinite values.
     """
     try:
@@ -148,7 +148,7 @@ def build_vocabulary(y, name="y"):
             raise ValueError(f"`{name}` contains NaN labels; drop those rows first.")
         if np.any(labels != np.round(labels)):
             raise ValueError(
-                f"`{name}` holds non-integer floats, which is not a class label. "
+                f"`{name}` contains non-integer floats, which are not class labels. "
                 "Use response='gaussian' for a continuous response."
             )
         labels = labels.astype(np.int64)

@@ -225,7 +225,7 @@ def train(
     assignment reaches every replica's copy. The model is then compiled and
     fitted on a shuffled `tf.data` pipeline of global batches.
 
-    When `backup_dir` holds a backup from an interrupted run, pretraining
+    When `backup_dir` contains a backup from an interrupted run, pretraining
     and the prior initialization are skipped, because
     `BackupAndRestore` reloads all weights (prior and optimizer included)
     and the epoch count at the start of `fit`. The resumed run then trains

@@ -421,6 +421,6 @@ def check_target(values, response, name):
         )
     elif response == "categorical" and np.asarray(values).dtype.kind == "f" and np.any(values != np.round(values)):
         raise DataError(
-            f"Target column {name!r} holds non-integer numbers, which are not class labels. "
+            f"Target column {name!r} contains non-integer numbers, which are not class labels. "
             "Use --response gaussian for a continuous target."
         )
