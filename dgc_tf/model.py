@@ -1,6 +1,7 @@
 """The Deep Goal-Oriented Clustering model as a `keras.Model`."""
 
 import math
+import numbers
 import os
 import warnings
 
@@ -11,7 +12,7 @@ import tensorflow_probability as tfp
 
 from dgc_tf import objective, preprocessing
 from dgc_tf.decoder import LIKELIHOODS, Decoder
-from dgc_tf.encoder import Encoder
+from dgc_tf.encoder import ENCODER_TYPES, build_encoder, validate_image_shape
 from dgc_tf.heads import HEAD_CAPACITIES, RESPONSE_FAMILIES, ResponseHeads
 from dgc_tf.initialization import describe_collapse, fit_mixture
 from dgc_tf.prior import MixturePrior
@@ -92,6 +93,14 @@ class DGC(keras.Model):
             Weight initialization and shuffling follow Keras's global seed:
             call `keras.utils.set_random_seed` too for repeatable runs
             (`fit_with_restarts` does).
+        encoder: `"mlp"` (the default) or `"conv"`, a small convolutional
+            encoder for flattened images; `encoder_units` are then the
+            widths of its dense layers after the convolutions.
+        image_shape: `(height, width, channels)` of one image, required by
+            `encoder="conv"`, e.g. `(28, 28, 1)`.
+        reconstruction_weight: weight `v` of the reconstruction term log
+            p(x|z); 1 is the DGC bound, 0 drops the decoder from the
+            objective (the supervision-only ablation).
     """
 
     def __init__(
@@ -113,6 +122,9 @@ class DGC(keras.Model):
         num_classes=None,
         classes=None,
         seed=None,
+        encoder="mlp",
+        image_shape=None,
+        reconstruction_weight=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,7 +159,11 @@ class DGC(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.prior_initialized = False
 
-        self.encoder = Encoder(self.latent_dim, self.encoder_units, activation, name="encoder")
+        self.encoder_type, self.image_shape = self._validate_encoder(encoder, image_shape)
+        self.reconstruction_weight = self._validate_reconstruction_weight(reconstruction_weight)
+        self.encoder = build_encoder(
+            self.encoder_type, self.latent_dim, self.encoder_units, activation, self.image_shape, name="encoder"
+        )
         # The prior's densities stay in float32 under a mixed-precision policy.
         self.prior = MixturePrior(
             self.num_clusters, self.latent_dim, self.variance_floor, name="prior", dtype="float32"
@@ -156,6 +172,31 @@ class DGC(keras.Model):
         self.heads = None
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + TERM_NAMES}
         self.trackers["entropy_clipped"] = keras.metrics.Mean(name="entropy_clipped")
+
+    @staticmethod
+    def _validate_encoder(encoder, image_shape):
+        if encoder not in ENCODER_TYPES:
+            raise ValueError(f"`encoder` must be one of {ENCODER_TYPES}. Received: encoder={encoder!r}")
+        if encoder == "conv" and image_shape is None:
+            raise ValueError(
+                "encoder='conv' needs the shape of one image: pass image_shape=(height, width, channels), "
+                "e.g. (28, 28, 1)."
+            )
+        return encoder, None if image_shape is None else validate_image_shape(image_shape)
+
+    @staticmethod
+    def _validate_reconstruction_weight(weight):
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, numbers.Real)
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ValueError(
+                "`reconstruction_weight` must be a finite number >= 0 (1 for DGC, 0 for the "
+                f"ablation without a decoder). Received: reconstruction_weight={weight!r}"
+            )
+        return float(weight)
 
     @staticmethod
     def _validate_arguments(
@@ -352,7 +393,10 @@ class DGC(keras.Model):
         z = z_mean + tf.exp(0.5 * z_log_var) * noise  # (M, B, D)
 
         log_posterior = objective.cluster_log_posterior(self.prior(z))  # (M, B, K)
-        reconstruction = self.decoder.distribution(self.decoder_params(z)).log_prob(x_model)  # (M, B)
+        if self.reconstruction_weight > 0.0:
+            reconstruction = self.decoder.distribution(self.decoder_params(z)).log_prob(x_model)  # (M, B)
+        else:
+            reconstruction = tf.zeros(tf.shape(z)[:2])  # (M, B); the ablation never runs the decoder
         latent_kl = self.prior.kl_from_posterior(z_mean, z_log_var)  # (B, K)
 
         response_log_likelihood = entropy = None
@@ -374,6 +418,7 @@ class DGC(keras.Model):
             entropy,
             self.response_weight,
             self.entropy_scale,
+            reconstruction_weight=self.reconstruction_weight,
         )
         terms["entropy_clipped"] = clip_fraction
         return terms
@@ -829,6 +874,9 @@ class DGC(keras.Model):
             num_classes=self.num_classes,
             classes=self.classes,
             seed=self.seed,
+            encoder=self.encoder_type,
+            image_shape=None if self.image_shape is None else list(self.image_shape),
+            reconstruction_weight=self.reconstruction_weight,
         )
         return config
 

@@ -10,13 +10,15 @@ arXiv:2006.04259, Eq. 6-9, with the entropy indexed by cluster):
     log lambda_k = w (log p(y|z,k) - r H_k(z)) + log p(k|z) - logsumexp_j(same for j)
 
     ELBO = w sum_k lambda_k (log p(y|z,k) - r H_k(z))        response
-         + log p(x|z)                                         reconstruction
+         + v log p(x|z)                                       reconstruction
          - sum_k lambda_k (log lambda_k - log pi_k)           KL(q(c|x) || p(c))
          - sum_k lambda_k KL(N(z_mean, z_var) || N(mu_k, sigma2_k))
 
 `r` is 1 with the entropy regularizer and 0 without it. `w` weighs the
 response term; `w = 1` is the bound of the paper, and `lambda` above is the
 exact maximizer of the weighted bound over q(c|x). `w = 0` gives VaDE.
+`v` weighs the reconstruction term: 1 is the bound, and 0 leaves the
+supervision-only ablation without a decoder.
 
 Without `y` (prediction), at `z = z_mean`:
 
@@ -75,6 +77,7 @@ def elbo_terms(
     entropy=None,
     response_weight=1.0,
     entropy_scale=1.0,
+    reconstruction_weight=1.0,
 ):
     """Return the per-example terms of the ELBO, each averaged over samples.
 
@@ -87,14 +90,15 @@ def elbo_terms(
             None when there is no response term.
         entropy: clipped `H_k(z)`, shape `(M, B, K)`; None as above.
         response_weight, entropy_scale: `w` and `r` of the module docstring.
+        reconstruction_weight: `v` of the module docstring.
 
     Returns:
         A dict of tensors of shape `(B,)`: `response` (weighted by `w`),
-        `reconstruction`, `cluster_kl`, `latent_kl` and `elbo`.
+        `reconstruction` (weighted by `v`), `cluster_kl`, `latent_kl` and `elbo`.
     """
     weights = tf.exp(log_weights)  # (M, B, K)
     terms = {
-        "reconstruction": tf.reduce_mean(reconstruction, axis=0),
+        "reconstruction": reconstruction_weight * tf.reduce_mean(reconstruction, axis=0),
         "cluster_kl": tf.reduce_mean(
             tf.reduce_sum(weights * (log_weights - log_mixture_weights), axis=-1), axis=0
         ),

@@ -321,6 +321,31 @@ def test_savedmodel_and_onnx_match_model(exports, predictors, response, batch_si
     assert_outputs_agree(expected, onnx_runtime.predict(rows), "ONNX Runtime")
 
 
+def test_conv_encoder_model_exports_and_onnx_matches(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 8 * 8 * 1)).astype(np.float32)
+    y = np.where(x[:, :32].mean(axis=1) > x[:, 32:].mean(axis=1), "top", "bottom")
+    model = dgc_tf.DGC(
+        num_clusters=2,
+        response="categorical",
+        latent_dim=LATENT_DIM,
+        encoder_units=(8,),
+        likelihood="bernoulli",
+        encoder="conv",
+        image_shape=(8, 8, 1),
+        seed=0,
+    )
+    model.pretrain(x, y, epochs=1, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0)
+
+    path = export_model(model, str(tmp_path), "conv")
+    onnx_runtime = OnnxPredictor(path)
+
+    for batch_size in BATCH_SIZES:
+        rows = x[:batch_size]
+        assert_outputs_agree(in_memory_outputs(model, rows), onnx_runtime.predict(rows), f"conv, batch {batch_size}")
+
+
 @pytest.mark.parametrize("response", FAMILIES)
 def test_onnx_outputs_have_signature_names_and_order(predictors, response):
     saved_model, onnx_runtime = predictors[response]

@@ -788,3 +788,108 @@ def test_fit_without_response_rejected():
 
     with pytest.raises(ValueError, match=r"needs the response `y`: call fit\(x, y\).*response_weight=0"):
         model.fit(x, epochs=1, verbose=0)
+
+
+# ----------------------------------------------------------------- conv encoder and the ablation
+
+
+def tiny_images(num_rows=64, seed=0):
+    """Return flattened 8 x 8 one-channel images in [0, 1] and classes: 0 is bright on top, 1 below."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 2, num_rows)
+    images = 0.2 * rng.random((num_rows, 8, 8, 1))
+    images[classes == 0, :4] += 0.7
+    images[classes == 1, 4:] += 0.7
+    return np.clip(images, 0.0, 1.0).reshape(num_rows, 64).astype(np.float32), classes
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    x, classes = tiny_images()
+    model = small_model(
+        2, response="categorical", likelihood="bernoulli", encoder="conv", image_shape=(8, 8, 1), encoder_units=(8,)
+    )
+    model.pretrain(x, classes, epochs=1, batch_size=16, verbose=0)
+    model.fit(x, classes, epochs=1, batch_size=16, verbose=0)
+    return model
+
+
+def test_conv_encoder_layers_and_outputs(conv_model):
+    x, _ = tiny_images()
+    z_mean, z_log_var = conv_model.encoder(x[:5])
+
+    assert type(conv_model.encoder).__name__ == "ConvEncoder"
+    assert [layer.strides for layer in conv_model.encoder.conv_layers] == [(2, 2), (2, 2)]
+    assert tuple(z_mean.shape) == (5, 2)
+    assert tuple(z_log_var.shape) == (5, 2)
+    assert np.all(z_log_var.numpy() >= -10.0)
+    assert np.all(z_log_var.numpy() <= 5.0)
+
+
+def test_conv_model_keras_file_round_trip(conv_model, tmp_path):
+    x, _ = tiny_images()
+    path = tmp_path / "conv.keras"
+
+    conv_model.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert loaded.get_config()["encoder"] == "conv"
+    assert loaded.get_config()["image_shape"] == [8, 8, 1]
+    assert_same_predictions(conv_model, loaded, x)
+
+
+def test_conv_encoder_rejects_wrong_feature_count():
+    x, classes = small_blobs(20, num_features=10)
+    model = small_model(2, encoder="conv", image_shape=(3, 3, 1))
+
+    with pytest.raises(ValueError, match=r"reads rows of 9 values.*input has 10 features"):
+        model.fit(x, classes, epochs=1, verbose=0)
+
+
+def test_no_decoder_ablation_leaves_decoder_untrained():
+    x, groups = small_blobs(200)
+    model = small_model(2, reconstruction_weight=0.0)
+    model.pretrain(x, groups, epochs=0, verbose=0)
+    decoder_before = [weight.numpy().copy() for weight in model.decoder.weights]
+
+    history = model.fit(x, groups, epochs=2, batch_size=50, verbose=0)
+
+    assert history.history["reconstruction"] == [0.0, 0.0]
+    assert_history_finite(history)
+    for before, after in zip(decoder_before, model.decoder.weights):
+        np.testing.assert_array_equal(after.numpy(), before)
+    assert model.get_config()["reconstruction_weight"] == 0.0
+
+
+def test_reconstruction_weight_scales_term():
+    x, groups = small_blobs(100)
+    model = small_model(2)
+    model.pretrain(x, groups, epochs=0, verbose=0)
+    y = model.encode_response(groups)
+
+    # The same seed state draws the same z for both calls.
+    seed_state = model.seed_generator.state.numpy()
+    full = model.compute_terms(x, y)["reconstruction"].numpy()
+    model.reconstruction_weight = 0.25
+    model.seed_generator.state.assign(seed_state)
+    quarter = model.compute_terms(x, y)["reconstruction"].numpy()
+
+    np.testing.assert_allclose(quarter, 0.25 * full, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"encoder": "resnet"}, r"`encoder` must be one of \('mlp', 'conv'\). Received: encoder='resnet'"),
+        ({"encoder": "conv"}, r"encoder='conv' needs the shape of one image: pass image_shape"),
+        ({"encoder": "conv", "image_shape": (28, 28)}, r"Received: image_shape=\(28, 28\)"),
+        ({"encoder": "conv", "image_shape": (28, 0, 1)}, r"three positive integers"),
+        ({"reconstruction_weight": -0.5}, r"`reconstruction_weight` must be a finite number >= 0"),
+        ({"reconstruction_weight": float("nan")}, r"Received: reconstruction_weight=nan"),
+        ({"reconstruction_weight": "1"}, r"Received: reconstruction_weight='1'"),
+        ({"reconstruction_weight": True}, r"Received: reconstruction_weight=True"),
+    ],
+)
+def test_encoder_and_reconstruction_arguments_rejected(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        DGC(2, **arguments)
