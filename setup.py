@@ -46,7 +46,9 @@ setup(
         "tf2onnx",
         "onnx",
         "onnxruntime",
+        "grpcio",
+        "tensorflow-serving-api==2.21.*",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "requests"]},
     entry_points={"console_scripts": ["dgc-tf=dgc_tf.training.cli:main"]},
 )

@@ -151,6 +151,8 @@ def build_parser():
     export.add_argument("--version", type=int, metavar="N", help="version number (default: the next free one)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
 
+    _add_serve_parser(commands)
+
     demo = commands.add_parser(
         "demo",
         help="run the demo job (DGC, VaDE and k-means on noisy MNIST and Pacman); 'dgc-tf demo --help' lists its options",
@@ -158,6 +160,42 @@ def build_parser():
     )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="ARGS")
     return parser
+
+
+def _port(text):
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number from 0 to 65535, got {text!r}")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number from 0 to 65535, got {text!r}")
+    return port
+
+
+def _version_label(text):
+    model, _, rest = text.partition(":")
+    label, _, version = rest.partition("=")
+    if not (model and label and version.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected MODEL:LABEL=VERSION such as pacman:stable=1, got {text!r}")
+    return model, label, int(version)
+
+
+def _add_serve_parser(commands):
+    serve = commands.add_parser(
+        "serve",
+        help="serve exported models over REST and gRPC with TF Serving's APIs",
+        description="Serve every model under BASE_DIR (laid out as BASE_DIR/NAME/VERSION/, as 'dgc-tf export' "
+        "writes it) with TF Serving's REST and gRPC APIs. New versions are loaded and removed ones unloaded "
+        "while running; the newest version answers requests without a version. Stops on SIGTERM or Ctrl-C.",
+    )
+    serve.add_argument("base_dir", metavar="BASE_DIR", help="export base directory with one folder per model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--rest-port", type=_port, default=8501, help="REST port; 0 picks a free one (default: 8501)")
+    serve.add_argument("--grpc-port", type=_port, default=8500, help="gRPC port; 0 picks a free one (default: 8500)")
+    serve.add_argument("--poll-seconds", type=float, default=2.0, help="seconds between checks for new or removed versions (default: 2)")
+    serve.add_argument("--max-request-bytes", type=int, default=32 * 1024 * 1024, help="largest REST body or gRPC message in bytes (default: 33554432, 32 MiB)")
+    serve.add_argument("--version-label", type=_version_label, action="append", default=[], metavar="MODEL:LABEL=VERSION", help="name a version, as TF Serving's version labels do; requests may then use /labels/LABEL (repeatable)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="logging level (default: info)")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -546,6 +584,37 @@ def run_export(args):
     return 0
 
 
+def run_serve(args):
+    if not os.path.isdir(args.base_dir):
+        raise DataError(f"Base directory {args.base_dir!r} not found. Pass the --out folder of 'dgc-tf export'.")
+    if any(entry.isdigit() for entry in os.listdir(args.base_dir)):
+        raise DataError(
+            f"{args.base_dir!r} contains version folders, so it is a model directory. Pass its parent "
+            f"{os.path.dirname(os.path.abspath(args.base_dir))!r}: the server serves every model under BASE_DIR."
+        )
+    if not (args.poll_seconds > 0 and np.isfinite(args.poll_seconds)):
+        raise DataError(f"--poll-seconds must be a positive number. Received: {args.poll_seconds}.")
+    if args.max_request_bytes < 1:
+        raise DataError(f"--max-request-bytes must be at least 1. Received: {args.max_request_bytes}.")
+    labels = {}
+    for model, label, version in args.version_label:
+        labels.setdefault(model, {})[label] = version
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from dgc_tf.serving.server import serve
+
+    try:
+        serve(
+            args.base_dir, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
+            poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes, version_labels=labels,
+        )
+    except OSError as error:
+        raise DataError(f"{error}. Choose free ports with --rest-port and --grpc-port.") from None
+    return 0
+
+
 def run_demo(args):
     from dgc_tf.training import demo
 
@@ -559,6 +628,7 @@ HANDLERS = {
     "predict": run_predict,
     "report": run_report,
     "export": run_export,
+    "serve": run_serve,
     "demo": run_demo,
 }
 

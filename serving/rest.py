@@ -1,0 +1,303 @@
+"""The REST API of TF Serving over `http.server`: model status, metadata and predict.
+
+Paths (as in TF Serving 2.x):
+
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            version status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature definitions
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    predict
+
+Every error is a JSON object `{"error": "<message>"}`: 400 for invalid
+requests, 404 for unknown models and versions, 411 without Content-Length,
+413 above the request size limit.
+"""
+
+import base64
+import http.server
+import json
+import logging
+import re
+
+import numpy as np
+from google.protobuf import json_format
+
+from dgc_tf.serving.errors import InvalidArgument, NotFound, ServingError
+
+logger = logging.getLogger("dgc_tf.serving")
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>/metadata|:predict|:classify|:regress)?$"
+)
+
+
+class PayloadTooLarge(ServingError):
+    http_status = 413
+
+
+class LengthRequired(ServingError):
+    http_status = 411
+
+
+# ---------------------------------------------------------------------- request handling
+
+
+def handle_get(repository, path):
+    """Return the JSON body for a GET request: version status or metadata."""
+    match = _match_path(path, "GET")
+    name, suffix = match["name"], match["suffix"]
+    version = int(match["version"]) if match["version"] else None
+    if suffix == "/metadata":
+        servable = repository.get(name, version, match["label"])
+        return metadata_json(servable)
+    if suffix is not None:
+        raise InvalidArgument(f"Malformed request: GET {path}. Use POST for {suffix}.")
+    if match["label"]:
+        version = repository.get(name, None, match["label"]).version
+    return status_json(repository, name, version)
+
+
+def handle_post(repository, path, body):
+    """Return the JSON body for a POST request to `:predict`."""
+    match = _match_path(path, "POST")
+    if match["suffix"] in (":classify", ":regress"):
+        raise InvalidArgument(
+            f"{match['suffix'][1:]} is not supported: DGC models export predict signatures only. "
+            f"POST to /v1/models/{match['name']}:predict instead."
+        )
+    if match["suffix"] != ":predict":
+        raise InvalidArgument(f"Malformed request: POST {path}. Predict requests end in ':predict'.")
+    request = parse_json_body(body)
+    signature_name = request.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgument(f"'signature_name' must be a string. Received: {signature_name!r}.")
+    version = int(match["version"]) if match["version"] else None
+    servable = repository.get(match["name"], version, match["label"])
+    with servable.error_context():
+        return _predict(servable, signature_name, request)
+
+
+def _predict(servable, signature_name, request):
+    signature_name, signature_def = servable.signature(signature_name)
+    has_instances, has_inputs = "instances" in request, "inputs" in request
+    if has_instances == has_inputs:
+        raise InvalidArgument(
+            "The request must contain exactly one of 'instances' (row format) or 'inputs' (columnar format)."
+        )
+    if has_instances:
+        raw = row_inputs(request["instances"], signature_name, signature_def)
+    else:
+        raw = columnar_inputs(request["inputs"], signature_def)
+    arrays = servable.check_inputs(signature_name, raw)
+    outputs = servable.run(signature_name, arrays)
+    if has_instances:
+        return {"predictions": row_outputs(outputs, signature_name)}
+    return {"outputs": columnar_outputs(outputs)}
+
+
+def _match_path(path, method):
+    match = _PATH.match(path.split("?", 1)[0])
+    if match is None:
+        raise InvalidArgument(
+            f"Malformed request: {method} {path}. Expected /v1/models/<name>[/versions/<version>|"
+            "/labels/<label>], followed by /metadata (GET) or :predict (POST)."
+        )
+    return match
+
+
+def parse_json_body(body):
+    try:
+        request = json.loads(body)
+    except UnicodeDecodeError:
+        raise InvalidArgument("The request body is not UTF-8 text.") from None
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"The request body is not valid JSON: {error}.") from None
+    if not isinstance(request, dict):
+        raise InvalidArgument(f"The request body must be a JSON object. Received a {type(request).__name__}.")
+    return request
+
+
+# ---------------------------------------------------------------------- formats
+
+
+def row_inputs(instances, signature_name, signature_def):
+    """Turn the row format (`instances`, a list with one entry per row) into `{input: list of rows}`."""
+    names = sorted(signature_def.inputs)
+    if not names:
+        raise InvalidArgument(
+            f"Signature {signature_name!r} has no inputs, so its outputs have no batch dimension and the "
+            'row format cannot carry them. Send the columnar format: {"signature_name": '
+            f'"{signature_name}", "inputs": {{}}}}.'
+        )
+    if not isinstance(instances, list) or not instances:
+        raise InvalidArgument("'instances' must be a non-empty list with one entry per row.")
+    named = [isinstance(instance, dict) for instance in instances]
+    if all(named):
+        for index, instance in enumerate(instances):
+            if sorted(instance) != names:
+                raise InvalidArgument(
+                    f"Instance {index} has the keys {sorted(instance)}, but signature {signature_name!r} "
+                    f"takes the inputs {names}."
+                )
+        return {name: [instance[name] for instance in instances] for name in names}
+    if any(named):
+        raise InvalidArgument("'instances' mixes objects and plain values; use one form for every row.")
+    if len(names) != 1:
+        raise InvalidArgument(
+            f"Signature {signature_name!r} takes several inputs {names}, so each instance must be an "
+            'object such as {"' + '": ..., "'.join(names) + '": ...}.'
+        )
+    return {names[0]: instances}
+
+
+def columnar_inputs(inputs, signature_def):
+    """Turn the columnar format (`inputs`, one value per input name) into `{input: value}`."""
+    if isinstance(inputs, dict):
+        return inputs
+    if len(signature_def.inputs) == 1:
+        return {next(iter(signature_def.inputs)): inputs}
+    raise InvalidArgument(
+        f"'inputs' must be an object keyed by input name {sorted(signature_def.inputs)}, "
+        "because the signature takes several inputs."
+    )
+
+
+def row_outputs(outputs, signature_name):
+    """Return the `predictions` list: one value per row for one output, else one object per row."""
+    batch_sizes = {name: (value.shape[0] if value.ndim else None) for name, value in outputs.items()}
+    sizes = set(batch_sizes.values())
+    if None in sizes or len(sizes) != 1:
+        raise InvalidArgument(
+            f"The outputs of signature {signature_name!r} do not share a batch dimension "
+            f"({batch_sizes}), so the row format cannot return them; send 'inputs' (columnar format)."
+        )
+    converted = {name: to_json_value(value) for name, value in outputs.items()}
+    if len(converted) == 1:
+        return next(iter(converted.values()))
+    (batch_size,) = sizes
+    return [{name: values[row] for name, values in converted.items()} for row in range(batch_size)]
+
+
+def columnar_outputs(outputs):
+    converted = {name: to_json_value(value) for name, value in outputs.items()}
+    return next(iter(converted.values())) if len(converted) == 1 else converted
+
+
+def to_json_value(array):
+    """Convert an output array to JSON data: numbers, booleans, and strings (`{"b64": ...}` if not UTF-8)."""
+    if array.dtype == object or array.dtype.kind == "S":
+        return np.vectorize(_string_to_json, otypes=[object])(array).tolist() if array.size else array.tolist()
+    return array.tolist()
+
+
+def _string_to_json(item):
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(item).decode("ascii")}
+    return item
+
+
+def status_json(repository, name, version=None):
+    """Return the GetModelStatusResponse of TF Serving's REST API as JSON data."""
+    loaded = repository.versions(name)
+    failed = repository.failed_versions(name)
+    if version is not None and version not in loaded and version not in failed:
+        raise NotFound(f"Version {version} of model {name!r} not found. Loaded versions: {sorted(loaded)}.")
+    entries = []
+    for number in sorted(set(loaded) | set(failed), reverse=True):
+        if version is not None and number != version:
+            continue
+        if number in loaded:
+            entries.append({"version": str(number), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}})
+        else:
+            entries.append(
+                {"version": str(number), "state": "END", "status": {"error_code": "UNKNOWN", "error_message": failed[number]}}
+            )
+    return {"model_version_status": entries}
+
+
+def metadata_json(servable):
+    """Return the GetModelMetadataResponse of TF Serving's REST API as JSON data."""
+    signature_defs = {
+        name: json_format.MessageToDict(signature_def, preserving_proto_field_name=True)
+        for name, signature_def in servable.signature_defs.items()
+    }
+    return {
+        "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+        "metadata": {"signature_def": {"signature_def": signature_defs}},
+    }
+
+
+# ---------------------------------------------------------------------- HTTP server
+
+
+class RestServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that answers TF Serving's REST API for a ModelRepository."""
+
+    daemon_threads = True
+    # The standard library's default backlog of 5 drops connections under bursts of clients.
+    request_queue_size = 128
+
+    def __init__(self, address, repository, max_request_bytes):
+        self.repository = repository
+        self.max_request_bytes = max_request_bytes
+        super().__init__(address, RestHandler)
+
+
+class RestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "dgc-tf-serving"
+
+    def do_GET(self):
+        self._respond(lambda: handle_get(self.server.repository, self.path))
+
+    def do_POST(self):
+        self._respond(lambda: handle_post(self.server.repository, self.path, self._read_body()))
+
+    def _read_body(self):
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            self.close_connection = True
+            raise LengthRequired("The request has no Content-Length header; send the JSON body with its length.")
+        try:
+            length = int(length_header)
+        except ValueError:
+            self.close_connection = True
+            raise InvalidArgument(f"Invalid Content-Length header {length_header!r}.") from None
+        if length < 0:
+            self.close_connection = True
+            raise InvalidArgument(f"Invalid Content-Length header {length_header!r}.")
+        if length > self.server.max_request_bytes:
+            # The body stays unread, so the connection cannot be reused.
+            self.close_connection = True
+            raise PayloadTooLarge(
+                f"The request body has {length} bytes, more than the limit of {self.server.max_request_bytes}. "
+                "Send fewer rows per request, or start the server with a larger --max-request-bytes."
+            )
+        return self.rfile.read(length)
+
+    def _respond(self, compute):
+        try:
+            status, body = 200, compute()
+        except ServingError as error:
+            status, body = error.http_status, {"error": str(error)}
+            logger.warning(
+                "REST %s %s (model %s, version %s) -> %d: %s",
+                self.command, self.path, error.model or "-", error.version or "-", status, error,
+            )
+        except Exception as error:  # Report unexpected failures to the client, keep serving.
+            status, body = 500, {"error": f"Internal error: {type(error).__name__}: {error}"}
+            logger.exception("REST %s %s -> 500", self.command, self.path)
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        logger.debug("REST %s: %s", self.address_string(), format % args)

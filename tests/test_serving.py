@@ -1,0 +1,666 @@
+"""Tests for dgc_tf.serving: the REST and gRPC servers, the clients and `dgc-tf serve`.
+
+Every test talks to a real server on 127.0.0.1 with ports picked at run
+time, through `requests` for REST and TF Serving's own `PredictionServiceStub`
+for gRPC.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+import dgc_tf
+from dgc_tf.export import export_model
+from dgc_tf.serving.client import GrpcClient, RestClient
+from dgc_tf.serving.server import ModelServer
+
+NUM_ROWS = 240
+NUM_FEATURES = 6
+NUM_CLUSTERS = 3
+LATENT_DIM = 3
+CLASSES = np.array(["ant", "bee", "cat"])
+TOLERANCE = 1e-5
+MODEL = "dgc"
+MAX_REQUEST_BYTES = 100_000
+DGC_TF = os.path.join(os.path.dirname(sys.executable), "dgc-tf")
+
+
+def make_data(seed=0):
+    """Return raw features (offset 50, scale 10, three blobs) and string labels."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(NUM_CLUSTERS, NUM_FEATURES))
+    groups = rng.integers(0, NUM_CLUSTERS, NUM_ROWS)
+    x = (50.0 + 10.0 * (centers[groups] + rng.normal(size=(NUM_ROWS, NUM_FEATURES)))).astype(np.float32)
+    return x, CLASSES[groups]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny categorical model with string labels, exported once as `<base>/dgc/1`."""
+    x, y = make_data()
+    model = dgc_tf.DGC(
+        num_clusters=NUM_CLUSTERS, response="categorical", latent_dim=LATENT_DIM, encoder_units=(16, 16), seed=0
+    )
+    model.pretrain(x, y, epochs=1, verbose=0)
+    model.fit(x, y, epochs=1, verbose=0)
+    base_dir = str(tmp_path_factory.mktemp("exports"))
+    path = export_model(model, base_dir, MODEL)
+    expected = model.predict(x, verbose=0)
+    expected["y_label"] = model.predict_labels(x, verbose=0)
+    return {"model": model, "x": x, "y": y, "base_dir": base_dir, "path": path, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    model_server = ModelServer(
+        trained["base_dir"], rest_port=0, grpc_port=0, poll_seconds=0.2, max_request_bytes=MAX_REQUEST_BYTES,
+        version_labels={MODEL: {"stable": 1}},
+    ).start()
+    yield model_server
+    model_server.stop()
+
+
+@pytest.fixture(scope="module")
+def rest_url(server):
+    return f"http://127.0.0.1:{server.rest_port}"
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as grpc_channel:
+        yield grpc_channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def expected_rows(trained, rows):
+    return {name: value[rows] for name, value in trained["expected"].items()}
+
+
+def assert_outputs_equal(actual, expected, context=""):
+    assert sorted(actual) == sorted(expected), context
+    for name, want in expected.items():
+        got = np.asarray(actual[name])
+        assert got.shape == want.shape, f"{context} {name}"
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE, err_msg=f"{context} {name}")
+        else:
+            np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=f"{context} {name}")
+
+
+def predict_request(x, signature_name="", version=None, dtype=None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(x) if dtype is None else np.asarray(x, dtype)))
+    return request
+
+
+def outputs_from_response(response):
+    result = {}
+    for name, proto in response.outputs.items():
+        value = tf.make_ndarray(proto)
+        if value.dtype == object:
+            value = np.array([item.decode("utf-8") for item in value.reshape(-1)], dtype=object).reshape(value.shape)
+        result[name] = value
+    return result
+
+
+def wait_for(condition, timeout=30.0, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+# ---------------------------------------------------------------------- REST
+
+
+def test_rest_model_status(rest_url):
+    response = requests.get(f"{rest_url}/v1/models/{MODEL}", timeout=30)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
+
+
+def test_rest_metadata_lists_signatures(rest_url):
+    response = requests.get(f"{rest_url}/v1/models/{MODEL}/metadata", timeout=30)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "cluster_labeled", "prior", "decode"} <= set(signatures)
+    x_input = signatures["serving_default"]["inputs"]["x"]
+    assert x_input["dtype"] == "DT_FLOAT"
+    assert [dim["size"] for dim in x_input["tensor_shape"]["dim"]] == ["-1", str(NUM_FEATURES)]
+    assert signatures["serving_default"]["outputs"]["cluster"]["dtype"] == "DT_INT64"
+    assert signatures["serving_default"]["outputs"]["y_label"]["dtype"] == "DT_STRING"
+    assert signatures["serving_default"]["method_name"] == "tensorflow/serving/predict"
+
+
+def test_rest_row_format_matches_model(rest_url, trained):
+    rows = np.arange(5)
+    body = {"instances": trained["x"][rows].tolist()}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(rows)
+    columns = {name: np.array([row[name] for row in predictions]) for name in predictions[0]}
+    assert_outputs_equal(columns, expected_rows(trained, rows))
+    assert isinstance(predictions[0]["y_label"], str)
+    assert isinstance(predictions[0]["cluster"], int)
+
+
+def test_rest_columnar_format_matches_model(rest_url, trained):
+    rows = np.arange(64)
+    body = {"signature_name": "serving_default", "inputs": {"x": trained["x"][rows].tolist()}}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}/versions/1:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    outputs = {name: np.array(value) for name, value in response.json()["outputs"].items()}
+    assert_outputs_equal(outputs, expected_rows(trained, rows))
+
+
+def test_rest_version_label(rest_url, trained):
+    body = {"instances": trained["x"][:2].tolist()}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}/labels/stable:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert [row["cluster"] for row in response.json()["predictions"]] == trained["expected"]["cluster"][:2].tolist()
+
+
+def test_rest_cluster_labeled_signature(rest_url, trained):
+    rows = np.arange(4)
+    instances = [{"x": trained["x"][row].tolist(), "y": str(trained["y"][row])} for row in rows]
+    body = {"signature_name": "cluster_labeled", "instances": instances}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    expected = trained["model"].predict_labeled(trained["x"][rows], trained["y"][rows])
+    predictions = response.json()["predictions"]
+    np.testing.assert_allclose([row["cluster_probs"] for row in predictions], expected["cluster_probs"], atol=TOLERANCE)
+    assert [row["cluster"] for row in predictions] == expected["cluster"].tolist()
+
+
+def test_rest_prior_in_columnar_format(rest_url, server):
+    body = {"signature_name": "prior", "inputs": {}}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    reference = server.repository.get(MODEL).functions["prior"]()
+    for name in ("pi", "mu", "sigma2"):
+        np.testing.assert_allclose(outputs[name], reference[name].numpy(), atol=TOLERANCE, err_msg=name)
+    assert np.array(outputs["mu"]).shape == (NUM_CLUSTERS, LATENT_DIM)
+
+
+def test_rest_decode_signature(rest_url, trained):
+    z = np.zeros((2, LATENT_DIM), np.float32)
+    body = {"signature_name": "decode", "instances": z.tolist()}
+
+    response = requests.post(f"{rest_url}/v1/models/{MODEL}:predict", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert np.array([row["x_mean"] for row in predictions]).shape == (2, NUM_FEATURES)
+    assert np.array([row["y_probs"] for row in predictions]).shape == (2, NUM_CLUSTERS, len(CLASSES))
+
+
+PREDICT_PATH = f"/v1/models/{MODEL}:predict"
+GOOD_ROW = [50.0] * NUM_FEATURES
+
+REST_BAD_REQUESTS = [
+    # (case, method, path, body text, status, message part)
+    ("malformed json", "POST", PREDICT_PATH, '{"instances": [[1, 2', 400, "not valid JSON"),
+    ("body not an object", "POST", PREDICT_PATH, "[1, 2]", 400, "must be a JSON object"),
+    ("wrong width", "POST", PREDICT_PATH, '{"instances": [[1, 2]]}', 400, "must have shape [None, 6]. Received shape [1, 2]"),
+    ("ragged rows", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW, [1.0]]}), 400, "rectangular"),
+    ("NaN value", "POST", PREDICT_PATH, '{"instances": [[NaN, 1, 1, 1, 1, 1]]}', 400, "NaN or infinite"),
+    ("infinite value", "POST", PREDICT_PATH, '{"instances": [[1e999, 1, 1, 1, 1, 1]]}', 400, "NaN or infinite"),
+    ("beyond float32", "POST", PREDICT_PATH, '{"instances": [[1e300, 1, 1, 1, 1, 1]]}', 400, "beyond the float32 range"),
+    ("text features", "POST", PREDICT_PATH, json.dumps({"instances": [["a"] * NUM_FEATURES]}), 400, "must contain numbers"),
+    ("no rows", "POST", PREDICT_PATH, '{"inputs": {"x": []}}', 400, "must have shape"),
+    ("unknown signature", "POST", PREDICT_PATH, json.dumps({"signature_name": "nope", "instances": [GOOD_ROW]}), 400, "Signature 'nope' not found"),
+    ("signature name not text", "POST", PREDICT_PATH, '{"signature_name": 7, "instances": []}', 400, "'signature_name' must be a string"),
+    ("both formats", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW], "inputs": [GOOD_ROW]}), 400, "exactly one of"),
+    ("no inputs", "POST", PREDICT_PATH, "{}", 400, "exactly one of"),
+    ("unknown input name", "POST", PREDICT_PATH, json.dumps({"inputs": {"q": [GOOD_ROW]}}), 400, "takes the inputs ['x']"),
+    ("missing label input", "POST", PREDICT_PATH, json.dumps({"signature_name": "cluster_labeled", "instances": [{"x": GOOD_ROW}]}), 400, "has the keys ['x']"),
+    ("unseen label", "POST", PREDICT_PATH, json.dumps({"signature_name": "cluster_labeled", "instances": [{"x": GOOD_ROW, "y": "dog"}]}), 400, "not trained on"),
+    ("prior in row format", "POST", PREDICT_PATH, json.dumps({"signature_name": "prior", "instances": [GOOD_ROW]}), 400, "columnar format"),
+    ("unknown model", "POST", "/v1/models/nope:predict", json.dumps({"instances": [GOOD_ROW]}), 404, "Model 'nope' not found"),
+    ("unknown version", "POST", f"/v1/models/{MODEL}/versions/9:predict", json.dumps({"instances": [GOOD_ROW]}), 404, "Version 9 of model 'dgc' not found"),
+    ("unknown model status", "GET", "/v1/models/nope", None, 404, "Model 'nope' not found"),
+    ("unknown version status", "GET", f"/v1/models/{MODEL}/versions/9", None, 404, "Version 9"),
+    ("unknown version metadata", "GET", f"/v1/models/{MODEL}/versions/9/metadata", None, 404, "Version 9"),
+    ("unknown label", "POST", f"/v1/models/{MODEL}/labels/canary:predict", json.dumps({"instances": [GOOD_ROW]}), 400, "Unrecognized servable version label 'canary'"),
+    ("malformed path", "GET", "/v2/models", None, 400, "Malformed request"),
+    ("classify", "POST", f"/v1/models/{MODEL}:classify", "{}", 400, "classify is not supported"),
+    ("too large", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW] * 3000}), 413, "more than the limit of 100000"),
+]
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, message",
+    [case[1:] for case in REST_BAD_REQUESTS],
+    ids=[case[0] for case in REST_BAD_REQUESTS],
+)
+def test_rest_bad_request(rest_url, method, path, body, status, message):
+    response = requests.request(method, rest_url + path, data=body, timeout=30)
+
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert message in response.json()["error"]
+
+
+def test_rest_request_without_length(server):
+    # A chunked body has no Content-Length, so the server cannot check its size first.
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as connection:
+        connection.sendall(
+            f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "2\r\n{}\r\n0\r\n\r\n".encode()
+        )
+        chunks = []
+        while chunk := connection.recv(65536):  # The server closes the connection after the reply.
+            chunks.append(chunk)
+        reply = b"".join(chunks).decode()
+
+    assert reply.startswith("HTTP/1.1 411")
+    assert "no Content-Length header" in reply
+
+
+def test_rest_error_logged_with_model_and_version(rest_url, caplog):
+    body = {"instances": [[1.0, 2.0]]}
+
+    with caplog.at_level(logging.WARNING, logger="dgc_tf.serving"):
+        requests.post(f"{rest_url}/v1/models/{MODEL}/versions/1:predict", json=body, timeout=30)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("model dgc, version 1" in text and "-> 400" in text for text in messages), messages
+
+
+def test_rest_client_casts_and_matches(rest_url, trained):
+    client = RestClient(rest_url)
+
+    outputs = client.predict(MODEL, trained["x"][:3].astype(np.float64))
+
+    assert_outputs_equal(outputs, expected_rows(trained, np.arange(3)))
+
+
+# ---------------------------------------------------------------------- gRPC
+
+
+def test_grpc_predict_matches_model(stub, trained):
+    rows = np.arange(64)
+
+    response = stub.Predict(predict_request(trained["x"][rows]), timeout=30)
+
+    assert response.model_spec.name == MODEL
+    assert response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    assert_outputs_equal(outputs_from_response(response), expected_rows(trained, rows))
+
+
+def test_grpc_output_filter(stub, trained):
+    request = predict_request(trained["x"][:2])
+    request.output_filter.append("cluster")
+
+    response = stub.Predict(request, timeout=30)
+
+    assert list(response.outputs) == ["cluster"]
+
+
+def test_grpc_model_metadata(stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = MODEL
+    request.metadata_field.append("signature_def")
+
+    response = stub.GetModelMetadata(request, timeout=30)
+
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    assert response.model_spec.version.value == 1
+    assert {"serving_default", "cluster_labeled", "prior", "decode"} <= set(signature_map.signature_def)
+    assert signature_map.signature_def["serving_default"].inputs["x"].dtype == tf.float32.as_datatype_enum
+
+
+def test_grpc_model_status(channel):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+
+    assert [status.version for status in response.model_version_status] == [1]
+    assert response.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_grpc_float64_input_names_expected_dtype(stub, trained):
+    request = predict_request(trained["x"][:2], dtype=np.float64)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has dtype DT_DOUBLE, but the signature expects DT_FLOAT (float32)" in raised.value.details()
+
+
+def test_grpc_client_casts_float64(server, trained):
+    with GrpcClient(f"127.0.0.1:{server.grpc_port}") as client:
+        request = client.make_request(MODEL, trained["x"][:3].astype(np.float64))
+        outputs = client.predict(MODEL, trained["x"][:3].astype(np.float64))
+        labeled = client.predict(
+            MODEL, {"x": trained["x"][:3], "y": trained["y"][:3]}, signature_name="cluster_labeled"
+        )
+
+    assert request.inputs["x"].dtype == tf.float32.as_datatype_enum
+    assert_outputs_equal(outputs, expected_rows(trained, np.arange(3)))
+    assert labeled["cluster"].shape == (3,)
+
+
+def grpc_case(mutate):
+    def build(trained):
+        request = predict_request(trained["x"][:2])
+        mutate(request)
+        return request
+
+    return build
+
+
+def _set_tensor(request, name, array):
+    request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+
+
+GRPC_BAD_REQUESTS = [
+    # (case, request change, status code, message part)
+    ("unknown model", lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, "Model 'nope' not found"),
+    ("unknown version", lambda r: r.model_spec.version.__setattr__("value", 9), grpc.StatusCode.NOT_FOUND, "Version 9"),
+    ("unknown label", lambda r: setattr(r.model_spec, "version_label", "canary"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label"),
+    ("unknown signature", lambda r: setattr(r.model_spec, "signature_name", "nope"), grpc.StatusCode.INVALID_ARGUMENT, "Signature 'nope' not found"),
+    ("wrong width", lambda r: _set_tensor(r, "x", np.ones((2, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "must have shape [None, 6]"),
+    ("NaN value", lambda r: _set_tensor(r, "x", np.full((1, NUM_FEATURES), np.nan, np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
+    ("unknown input", lambda r: _set_tensor(r, "q", np.ones((2, NUM_FEATURES), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "no inputs named ['q']"),
+    ("unknown output filter", lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT, "output_filter names outputs ['nope']"),
+    ("too large", lambda r: _set_tensor(r, "x", np.ones((5000, NUM_FEATURES), np.float32)), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+]
+
+
+@pytest.mark.parametrize(
+    "mutate, code, message", [case[1:] for case in GRPC_BAD_REQUESTS], ids=[case[0] for case in GRPC_BAD_REQUESTS]
+)
+def test_grpc_bad_request(stub, trained, mutate, code, message):
+    request = grpc_case(mutate)(trained)
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=30)
+
+    assert raised.value.code() == code
+    assert message in raised.value.details()
+
+
+def test_grpc_metadata_without_field_rejected(stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = MODEL
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetModelMetadata(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata_field must be ['signature_def']" in raised.value.details()
+
+
+# ---------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_clients(rest_url, stub, trained):
+    num_requests = 200
+    rows_by_request = [np.arange(i % 50, i % 50 + 1 + i % 8) for i in range(num_requests)]
+    local = threading.local()
+
+    def call(index):
+        rows = rows_by_request[index]
+        if index % 2:
+            response = stub.Predict(predict_request(trained["x"][rows]), timeout=60)
+            outputs = outputs_from_response(response)
+        else:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            response = local.session.post(
+                f"{rest_url}/v1/models/{MODEL}:predict", json={"inputs": trained["x"][rows].tolist()}, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            outputs = {name: np.array(value) for name, value in response.json()["outputs"].items()}
+        assert_outputs_equal(outputs, expected_rows(trained, rows), f"request {index}")
+        return index
+
+    with futures.ThreadPoolExecutor(max_workers=16) as pool:
+        finished = list(pool.map(call, range(num_requests)))
+
+    assert finished == list(range(num_requests))
+
+
+# ---------------------------------------------------------------------- versions
+
+
+@pytest.fixture
+def private_server(trained, tmp_path):
+    """A server on its own copy of the export, so tests can add and remove versions."""
+    base_dir = tmp_path / "exports"
+    shutil.copytree(os.path.join(trained["base_dir"], MODEL, "1"), base_dir / MODEL / "1")
+    model_server = ModelServer(str(base_dir), rest_port=0, grpc_port=0, poll_seconds=0.2).start()
+    yield model_server, base_dir / MODEL
+    model_server.stop()
+
+
+def served_versions(url):
+    status = requests.get(f"{url}/v1/models/{MODEL}", timeout=30).json()
+    return {entry["version"]: entry["state"] for entry in status["model_version_status"]}
+
+
+def test_version_added_and_removed_while_serving(private_server, trained, caplog):
+    model_server, model_dir = private_server
+    url = f"http://127.0.0.1:{model_server.rest_port}"
+    body = {"instances": trained["x"][:2].tolist()}
+
+    # An export stages a version under a hidden name; the server must ignore it until the rename.
+    staging = model_dir / ".tmp-2-test"
+    shutil.copytree(model_dir / "1", staging)
+    time.sleep(0.6)
+    assert served_versions(url) == {"1": "AVAILABLE"}
+    os.rename(staging, model_dir / "2")
+    wait_for(lambda: "2" in served_versions(url), message="version 2 to load")
+    with grpc.insecure_channel(f"127.0.0.1:{model_server.grpc_port}") as grpc_channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel).Predict(
+            predict_request(trained["x"][:2]), timeout=30
+        )
+    v2 = requests.post(f"{url}/v1/models/{MODEL}/versions/2:predict", json=body, timeout=30)
+
+    assert response.model_spec.version.value == 2
+    assert v2.status_code == 200
+
+    with caplog.at_level(logging.INFO, logger="dgc_tf.serving"):
+        shutil.rmtree(model_dir / "2")
+        wait_for(lambda: served_versions(url) == {"1": "AVAILABLE"}, message="version 2 to unload")
+    removed = requests.post(f"{url}/v1/models/{MODEL}/versions/2:predict", json=body, timeout=30)
+
+    assert removed.status_code == 404
+    assert "Loaded versions: [1]" in removed.json()["error"]
+    assert any("unloaded model dgc version 2" in record.getMessage() for record in caplog.records)
+
+
+def test_broken_version_logged_and_skipped(private_server, trained, caplog):
+    model_server, model_dir = private_server
+    url = f"http://127.0.0.1:{model_server.rest_port}"
+    broken = model_dir / "3"
+
+    with caplog.at_level(logging.INFO, logger="dgc_tf.serving"):
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        wait_for(lambda: "3" in served_versions(url), message="version 3 to be reported")
+
+    status = requests.get(f"{url}/v1/models/{MODEL}/versions/3", timeout=30).json()["model_version_status"][0]
+    prediction = requests.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": trained["x"][:1].tolist()}, timeout=30)
+    assert status["state"] == "END"
+    assert status["status"]["error_code"] == "UNKNOWN"
+    assert prediction.status_code == 200
+    assert any("failed to load model dgc version 3" in record.getMessage() for record in caplog.records)
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def run_cli(*arguments):
+    return subprocess.run([DGC_TF, *arguments], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_serve_missing_base_dir(tmp_path):
+    result = run_cli("serve", str(tmp_path / "missing"))
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dgc-tf serve: error: Base directory {str(tmp_path / 'missing')!r} not found. "
+        "Pass the --out folder of 'dgc-tf export'."
+    ]
+
+
+def test_cli_serve_model_dir_rejected(trained):
+    result = run_cli("serve", os.path.join(trained["base_dir"], MODEL))
+
+    assert result.returncode == 2
+    assert "is a model directory. Pass its parent" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--rest-port", "70000"], "expected a TCP port number from 0 to 65535, got '70000'"),
+        (["--version-label", "stable"], "expected MODEL:LABEL=VERSION"),
+        (["--poll-seconds", "0"], "--poll-seconds must be a positive number"),
+    ],
+    ids=["port out of range", "malformed label", "zero poll interval"],
+)
+def test_cli_serve_bad_option(trained, arguments, message):
+    result = run_cli("serve", trained["base_dir"], *arguments)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_cli_serve_answers_and_stops_on_sigterm(trained, tmp_path):
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [DGC_TF, "serve", trained["base_dir"], "--rest-port", "0", "--grpc-port", "0"], stdout=log, stderr=log
+        )
+    try:
+        wait_for(lambda: "REST on http://" in log_path.read_text() or process.poll() is not None, 120, "the server")
+        text = log_path.read_text()
+        match = re.search(r"REST on http://127\.0\.0\.1:(\d+), gRPC on 127\.0\.0\.1:(\d+)", text)
+        assert match, text[-3000:]
+        response = requests.post(
+            f"http://127.0.0.1:{match[1]}/v1/models/{MODEL}:predict",
+            json={"instances": trained["x"][:1].tolist()}, timeout=30,
+        )
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log_path.read_text()
+
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["cluster"] == int(trained["expected"]["cluster"][0])
+    assert returncode == 0, text[-3000:]
+    assert "loaded model dgc version 1" in text
+    assert "received SIGTERM" in text
+    assert text.rstrip().endswith("dgc_tf.serving: stopped")
+    assert "Traceback" not in text
+
+
+# ---------------------------------------------------------------------- ONNX predictor without TensorFlow
+
+ONNX_SCRIPT = """
+import sys
+
+try:
+    import tensorflow  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("the tensorflow stub is not active")
+
+import numpy as np
+
+import dgc_tf.serving
+from dgc_tf.serving.onnx import OnnxPredictor
+
+version_dir, x_path, out_path = sys.argv[1:]
+predictor = OnnxPredictor(version_dir)
+assert dgc_tf.serving.OnnxPredictor is OnnxPredictor
+outputs = predictor.predict(np.load(x_path))
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "tensorflow_probability"))
+assert not heavy, heavy
+np.savez(out_path, **outputs)
+print("ok")
+"""
+
+
+def test_onnx_predictor_without_tensorflow(trained, tmp_path):
+    # A `tensorflow` (and `keras`) package that raises on import shadows the
+    # installed ones, as on a device without TensorFlow.
+    stubs = tmp_path / "stubs"
+    for package in ("tensorflow", "keras", "tensorflow_probability"):
+        (stubs / package).mkdir(parents=True)
+        (stubs / package / "__init__.py").write_text(f"raise ImportError('{package} is not installed here')\n")
+    rows = np.arange(37)
+    x_path, out_path = tmp_path / "x.npy", tmp_path / "outputs.npz"
+    np.save(x_path, trained["x"][rows])
+    environment = dict(os.environ, PYTHONPATH=str(stubs))
+
+    result = subprocess.run(
+        [sys.executable, "-c", ONNX_SCRIPT, trained["path"], str(x_path), str(out_path)],
+        capture_output=True, text=True, timeout=120, env=environment,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+    with np.load(out_path, allow_pickle=True) as saved:
+        outputs = {name: saved[name] for name in saved.files}
+    assert_outputs_equal(outputs, expected_rows(trained, rows))
