@@ -77,6 +77,13 @@ class ModelRepository:
             NotFound: the model, or the version, is not loaded.
             InvalidArgument: the label is not defined for this model.
         """
+        try:
+            return self._get(name, version, label)
+        except (NotFound, InvalidArgument) as error:
+            error.model, error.version = name, version
+            raise
+
+    def _get(self, name, version, label):
         if label:
             labels = self.version_labels.get(name, {})
             if label not in labels:
