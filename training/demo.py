@@ -74,7 +74,8 @@ RECIPES = {
 }
 
 
-def _build(recipe, seed, response_weight=None):
+def build_model(recipe, seed, response_weight=None):
+    """Build and compile a DGC model from a recipe's `num_clusters`, `model` and `learning_rate`."""
     settings = dict(recipe["model"])
     if response_weight is not None:
         settings["response_weight"] = response_weight
@@ -83,7 +84,7 @@ def _build(recipe, seed, response_weight=None):
     return model
 
 
-def _train(recipe, train, seed, vade):
+def train_model(recipe, train, seed, vade):
     """Train DGC, or VaDE (the same model without its response term), with restarts.
 
     Both refit the prior by its M-step from `refit_start_epoch` on; VaDE
@@ -92,7 +93,7 @@ def _train(recipe, train, seed, vade):
     prior_init = "mixture" if vade else recipe["prior_init"]
     refit = PriorRefit(train.x, None if vade else train.y, start_epoch=recipe["refit_start_epoch"])
     return fit_with_restarts(
-        lambda restart_seed: _build(recipe, restart_seed, 0.0 if vade else None),
+        lambda restart_seed: build_model(recipe, restart_seed, 0.0 if vade else None),
         train.x,
         # VaDE's objective has no response term and ignores y; passing it
         # lets the model learn the label vocabulary like DGC does.
@@ -143,7 +144,7 @@ def run(dataset, seed, save_dir=None):
     train, test = train_test_split(recipe["load"](seed), test_fraction=0.2, seed=seed)
 
     start = time.time()
-    dgc = _train(recipe, train, seed, vade=False)
+    dgc = train_model(recipe, train, seed, vade=False)
     _print_result(
         dataset,
         "dgc",
@@ -160,7 +161,7 @@ def run(dataset, seed, save_dir=None):
         dgc.save(os.path.join(save_dir, f"{dataset}.keras"))
 
     start = time.time()
-    vade = _train(recipe, train, seed, vade=True)
+    vade = train_model(recipe, train, seed, vade=True)
     _print_result(dataset, "vade", seed, time.time() - start, test.groups, vade.predict(test.x, verbose=0)["cluster"])
 
     start = time.time()
