@@ -368,7 +368,7 @@ def load_noisy_mnist(
     return Dataset(x=x[order].astype(np.float32), y=y[order], groups=groups[order])
 
 
-# Where Debian's `dataset-fashion-mnist` package installs the IDX files.
+# Folder of the IDX files in Debian's `dataset-fashion-mnist` package.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
