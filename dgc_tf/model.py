@@ -14,7 +14,7 @@ from dgc_tf import objective, preprocessing
 from dgc_tf.decoder import LIKELIHOODS, Decoder
 from dgc_tf.encoder import ENCODER_TYPES, build_encoder, validate_image_shape
 from dgc_tf.heads import HEAD_CAPACITIES, RESPONSE_FAMILIES, ResponseHeads
-from dgc_tf.initialization import describe_collapse, fit_mixture
+from dgc_tf.initialization import describe_collapse, fit_class_mixture, fit_mixture
 from dgc_tf.prior import MixturePrior
 
 tfd = tfp.distributions
@@ -42,6 +42,10 @@ def _map_batches(function, arrays, batch_size):
             batch_outputs = (batch_outputs,)
         outputs.append([tensor.numpy() for tensor in batch_outputs])
     return tuple(np.concatenate(parts) for parts in zip(*outputs))
+
+
+# Ways `pretrain` can initialize the mixture prior from the pretrained codes.
+PRIOR_INITIALIZATIONS = ("mixture", "shared", "class")
 
 
 @keras.saving.register_keras_serializable(package="dgc_tf")
@@ -700,15 +704,21 @@ class DGC(keras.Model):
                 a small random offset between means), so p(k|z) is nearly
                 uniform and the response `y` decides the first split; use it
                 when clusters should follow `y` more than the shape of `x`.
+                `"class"` (class responses only; needs `y`) fits a mixture to
+                the codes of each class separately, so every component starts
+                pure in `y` and the shape of `x` splits each class among its
+                components (`dgc_tf.initialization.fit_class_mixture`).
             mixture_n_init: initializations of the mixture fit.
 
         Returns:
             The autoencoder's `keras.callbacks.History`, or None for 0 epochs.
         """
-        if prior_init not in ("mixture", "shared"):
+        if prior_init not in PRIOR_INITIALIZATIONS:
             raise ValueError(
-                f"`prior_init` must be 'mixture' or 'shared'. Received: prior_init={prior_init!r}"
+                f"`prior_init` must be one of {PRIOR_INITIALIZATIONS}. Received: prior_init={prior_init!r}"
             )
+        if prior_init == "class":
+            self._check_class_init(y)
         x = preprocessing.as_feature_matrix(x)
         if not getattr(self, "adapted", False):
             self.adapt(x, y)
@@ -723,6 +733,8 @@ class DGC(keras.Model):
             guard.raise_if_stopped()
         if prior_init == "mixture":
             self.initialize_prior(x, n_init=mixture_n_init)
+        elif prior_init == "class":
+            self.initialize_class_prior(x, y, n_init=mixture_n_init)
         else:
             self.initialize_shared_prior(x)
         return history
@@ -737,6 +749,35 @@ class DGC(keras.Model):
         self.prior.assign(np.full(self.num_clusters, 1.0 / self.num_clusters), means, variances)
         self.prior_initialized = True
         self.initialization_method = "shared"
+
+    def _check_class_init(self, y):
+        if self.response not in ("categorical", "bernoulli"):
+            raise ValueError(
+                f"prior_init='class' needs a class response ('categorical' or 'bernoulli'), but this "
+                f"model's response is {self.response!r}. Use prior_init='shared' or 'mixture'."
+            )
+        if y is None:
+            raise ValueError("prior_init='class' needs the responses: call `pretrain(x, y, prior_init='class')`.")
+
+    def initialize_class_prior(self, x, y, n_init=1):
+        """Fit the mixture prior to the codes of each class of `y` (see `fit_class_mixture`)."""
+        self._check_class_init(y)
+        x = preprocessing.as_feature_matrix(x)
+        if not getattr(self, "adapted", False):
+            self.adapt(x, y)
+        labels = np.asarray(self.encode_response(y)).reshape(-1)
+        self._check_lengths(x, labels)
+        weights, means, variances, method = fit_class_mixture(
+            self._encode_mean(x),
+            labels,
+            self.num_clusters,
+            seed=self.seed or 0,
+            n_init=n_init,
+            variance_floor=self.variance_floor,
+        )
+        self.prior.assign(weights, means, variances)
+        self.prior_initialized = True
+        self.initialization_method = method
 
     def initialize_prior(self, x, n_init=1, max_rows=20000):
         """Fit the mixture prior to the encoder's `z_mean` of (up to `max_rows` of) `x`."""

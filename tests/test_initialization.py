@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 
-from dgc_tf.initialization import MixtureInitializationError, describe_collapse, fit_mixture
+from dgc_tf.initialization import (
+    MixtureInitializationError,
+    allocate_components,
+    describe_collapse,
+    fit_class_mixture,
+    fit_mixture,
+)
 from dgc_tf.metrics import clustering_accuracy
 
 CENTERS = np.array([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
@@ -150,3 +156,58 @@ def test_describe_collapse_healthy_clustering():
 
 def test_describe_collapse_single_cluster_model():
     assert describe_collapse(np.ones((50, 1))) is None
+
+
+@pytest.mark.parametrize(
+    "counts, num_clusters, expected",
+    [
+        ([50, 50], 4, [2, 2]),
+        ([90, 10], 4, [3, 1]),  # every class keeps one component
+        ([10, 10, 10], 3, [1, 1, 1]),
+        ([2, 100], 5, [1, 4]),
+        ([1, 3], 4, [1, 3]),  # no class gets more components than rows
+    ],
+)
+def test_allocate_components(counts, num_clusters, expected):
+    np.testing.assert_array_equal(allocate_components(counts, num_clusters), expected)
+
+
+def test_allocate_components_rejects_more_components_than_rows():
+    with pytest.raises(ValueError, match="num_clusters=5"):
+        allocate_components([1, 3], 5)
+
+
+def test_fit_class_mixture_splits_each_class_by_geometry():
+    # Class 0 holds the two left blobs, class 1 the right one: with 3
+    # components, class 0's two get the blobs that only the codes tell apart.
+    z, groups = separated_codes()
+    labels = np.where(groups == 2, 1, 0)
+
+    weights, means, variances, method = fit_class_mixture(z, labels, 3, seed=0)
+
+    assert method == "class_mixture"
+    assert_valid_mixture(weights, means, variances, 3, 2)
+    np.testing.assert_allclose(weights, [1 / 3] * 3, atol=0.02)
+    nearest_center = np.linalg.norm(means[:, np.newaxis] - CENTERS, axis=-1).argmin(axis=1)
+    assert sorted(nearest_center[:2]) == [0, 1]  # class 0's components come first
+    assert nearest_center[2] == 2
+    np.testing.assert_allclose(means, CENTERS[nearest_center], atol=0.2)
+
+
+def test_fit_class_mixture_with_fewer_components_than_classes_groups_classes():
+    z, groups = separated_codes()
+    # Six classes, two per blob: the three components must follow the blobs.
+    labels = 2 * groups + np.arange(len(groups)) % 2
+
+    weights, means, variances, method = fit_class_mixture(z, labels, 3, seed=0)
+
+    assert method == "class_groups"
+    assert_valid_mixture(weights, means, variances, 3, 2)
+    nearest_center = np.linalg.norm(means[:, np.newaxis] - CENTERS, axis=-1).argmin(axis=1)
+    assert sorted(nearest_center) == [0, 1, 2]
+
+
+def test_fit_class_mixture_rejects_mismatched_labels():
+    z, groups = separated_codes()
+    with pytest.raises(ValueError, match="one label per code"):
+        fit_class_mixture(z, groups[:-1], 3)

@@ -133,6 +133,31 @@ def test_shared_prior_start_is_uninformative():
     assert model.initialization_method == "shared"
 
 
+def test_class_prior_start_is_pure_in_y():
+    x, groups = blob_data(200)
+    model = small_model()
+    model.pretrain(x, groups, epochs=1, verbose=0, prior_init="class")
+
+    assert model.initialization_method == "class_mixture"
+    weights = np.exp(model.prior.log_mixture_weights().numpy())
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-6)
+    # Three classes and three components: component k starts at the moments of class k's codes.
+    z_mean = model.predict(x, verbose=0)["z_mean"].astype(np.float64)
+    class_means = np.stack([z_mean[groups == label].mean(axis=0) for label in range(3)])
+    class_shares = np.bincount(groups) / len(groups)
+    np.testing.assert_allclose(model.prior.component_means.numpy(), class_means, atol=1e-4)
+    np.testing.assert_allclose(weights, class_shares, atol=1e-6)
+
+
+def test_class_prior_start_rejects_bad_response():
+    x, groups = blob_data(50)
+    regression = DGC(2, response="gaussian", latent_dim=2, encoder_units=(8,), seed=0)
+    with pytest.raises(ValueError, match="needs a class response"):
+        regression.pretrain(x, groups.astype(np.float32), epochs=0, prior_init="class")
+    with pytest.raises(ValueError, match="needs the responses"):
+        small_model().pretrain(x, None, epochs=0, prior_init="class")
+
+
 def test_pretrain_rejects_unknown_prior_init():
     x, groups = blob_data(50)
     with pytest.raises(ValueError, match="prior_init"):

@@ -103,7 +103,7 @@ def build_parser():
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--no-entropy-regularizer", action="store_true", help="leave out the per-cluster response entropy term")
-    fit.add_argument("--prior-init", choices=["mixture", "shared"], default="shared", help="shared: start all clusters alike so y decides the first split; mixture: fit a Gaussian mixture to the pretrained codes (default: shared)")
+    fit.add_argument("--prior-init", choices=["mixture", "shared", "class"], default="shared", help="shared: start all clusters alike so y decides the first split; mixture: fit a Gaussian mixture to the pretrained codes; class: fit a mixture to the codes of each class of y (class responses only) (default: shared)")
     fit.add_argument("--refit-start-epoch", type=int, default=10, metavar="N", help="refit the prior by its M-step after every epoch from epoch N on; 0 turns it off (default: 10)")
     fit.add_argument("--overwrite", action="store_true", help="replace RUN_DIR if it exists")
     _add_data_options(fit)

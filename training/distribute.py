@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from dgc_tf import preprocessing
-from dgc_tf.model import Autoencoder, FiniteLossGuard
+from dgc_tf.model import PRIOR_INITIALIZATIONS, Autoencoder, FiniteLossGuard
 from dgc_tf.training import data_pipeline
 
 STRATEGY_NAMES = ("auto", "one-device", "mirrored", "multi-worker")
@@ -179,8 +179,10 @@ def pretrain(
     `strategy.scope()`. The prior is fitted in cross-replica context, so
     its assignment reaches every replica's copy of the variables.
     """
-    if prior_init not in ("mixture", "shared"):
-        raise ValueError(f"`prior_init` must be 'mixture' or 'shared'. Received: prior_init={prior_init!r}")
+    if prior_init not in PRIOR_INITIALIZATIONS:
+        raise ValueError(f"`prior_init` must be one of {PRIOR_INITIALIZATIONS}. Received: prior_init={prior_init!r}")
+    if prior_init == "class":
+        model._check_class_init(y)
     x = preprocessing.as_feature_matrix(x)
     if not getattr(model, "adapted", False):
         model.adapt(x, y)
@@ -193,6 +195,8 @@ def pretrain(
         guard.raise_if_stopped()
     if prior_init == "mixture":
         model.initialize_prior(x, n_init=mixture_n_init)
+    elif prior_init == "class":
+        model.initialize_class_prior(x, y, n_init=mixture_n_init)
     else:
         model.initialize_shared_prior(x)
 
@@ -257,7 +261,7 @@ def train(
             function.
         learning_rate: Adam learning rate of the full objective.
         pretrain_learning_rate: Adam learning rate of the autoencoder.
-        prior_init: `"mixture"` or `"shared"`, see `DGC.pretrain`.
+        prior_init: `"mixture"`, `"shared"` or `"class"`, see `DGC.pretrain`.
         drop_remainder: drop the last partial batch of every epoch.
         callbacks: more Keras callbacks for `fit`.
         verbose: Keras verbosity.
