@@ -16,6 +16,8 @@ import http.server
 import json
 import logging
 import re
+import threading
+import time
 
 import numpy as np
 from google.protobuf import json_format
@@ -243,7 +245,30 @@ class RestServer(http.server.ThreadingHTTPServer):
     def __init__(self, address, repository, max_request_bytes):
         self.repository = repository
         self.max_request_bytes = max_request_bytes
+        self._active_requests = 0
+        self._idle = threading.Condition()
         super().__init__(address, RestHandler)
+
+    def request_started(self):
+        with self._idle:
+            self._active_requests += 1
+
+    def request_finished(self):
+        with self._idle:
+            self._active_requests -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout):
+        """Wait up to `timeout` seconds for requests being answered; return how many are left.
+
+        Handler threads are daemon threads, so idle keep-alive connections
+        never delay the exit, and this wait covers the requests in progress.
+        """
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active_requests and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            return self._active_requests
 
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
@@ -282,6 +307,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _respond(self, compute):
+        self.server.request_started()
+        try:
+            self._compute_and_send(compute)
+        finally:
+            self.server.request_finished()
+
+    def _compute_and_send(self, compute):
         try:
             status, body = 200, compute()
         except ServingError as error:

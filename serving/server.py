@@ -20,7 +20,7 @@ DEFAULT_GRPC_PORT = 8500
 DEFAULT_POLL_SECONDS = 2.0
 # 32 MiB holds about 400,000 float32 values as JSON text.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
-# Seconds that in-flight gRPC calls may take to finish after a stop request.
+# Seconds that running REST requests and gRPC calls may take to finish after a stop request.
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -103,11 +103,14 @@ class ModelServer:
         return self
 
     def stop(self):
-        """Stop accepting requests, let in-flight gRPC calls finish, and stop the watcher."""
+        """Stop accepting requests, let running ones finish (up to 5 s each API), and stop the watcher."""
         logger.info("stopping")
         if self._rest_server is not None:
             self._rest_server.shutdown()
             self._rest_server.server_close()
+            unfinished = self._rest_server.wait_idle(STOP_GRACE_SECONDS)
+            if unfinished:
+                logger.warning("stopped with %d REST request(s) still running", unfinished)
             self._rest_server = None
         if self._grpc_server is not None:
             self._grpc_server.stop(STOP_GRACE_SECONDS).wait()

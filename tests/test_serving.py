@@ -583,6 +583,20 @@ def test_cli_serve_bad_option(trained, arguments, message):
     assert message in result.stderr
 
 
+def test_cli_serve_port_in_use(trained):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        result = run_cli("serve", trained["base_dir"], "--rest-port", str(port), "--grpc-port", "0")
+
+    assert result.returncode == 2
+    assert f"dgc-tf serve: error: cannot bind the REST port 127.0.0.1:{port}" in result.stderr
+    assert "Choose free ports with --rest-port and --grpc-port." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_serve_answers_and_stops_on_sigterm(trained, tmp_path):
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
