@@ -3,7 +3,7 @@
 The messages and stubs come from the `tensorflow-serving-api` package, so
 clients written for TF Serving (`PredictionServiceStub`,
 `ModelServiceStub`) work unchanged. Classify, Regress and MultiInference
-answer UNIMPLEMENTED, because DGC exports have predict signatures only.
+return UNIMPLEMENTED, because DGC exports have predict signatures only.
 """
 
 import functools
@@ -161,7 +161,7 @@ def build_grpc_server(repository, address, max_message_bytes, max_workers=16):
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as error:
-        raise OSError(f"cannot bind the gRPC port at {address}: {error}") from None
+        raise OSError(f"failed to bind the gRPC port {address}: {error}") from None
     if port == 0:
-        raise OSError(f"cannot bind the gRPC port at {address}: the address is in use or invalid")
+        raise OSError(f"failed to bind the gRPC port {address}: the address is in use or invalid")
     return server, port

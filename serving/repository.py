@@ -49,6 +49,7 @@ class ModelRepository:
         self._lock = threading.Lock()
         self._models = {}  # name -> {version: Servable}
         self._failed = {}  # (name, version) -> (saved_model.pb mtime, error message)
+        self._scan_error = None
         self._stop = threading.Event()
         self._thread = None
 
@@ -117,8 +118,14 @@ class ModelRepository:
         try:
             found = scan_base_dir(self.base_dir)
         except OSError as error:
-            logger.error("cannot list base directory %s: %s", self.base_dir, error)
+            # Logged once per distinct error, not on every poll.
+            if str(error) != self._scan_error:
+                logger.error("failed to list base directory %s: %s; serving the loaded versions", self.base_dir, error)
+                self._scan_error = str(error)
             return 0
+        if self._scan_error is not None:
+            logger.info("base directory %s can be listed again", self.base_dir)
+            self._scan_error = None
         changes = self._unload_removed(found)
         for name, versions in found.items():
             with self._lock:
@@ -149,7 +156,7 @@ class ModelRepository:
         try:
             stamp = os.stat(os.path.join(path, contract.SAVED_MODEL_FILENAME)).st_mtime_ns
         except OSError:
-            return 0  # Removed between the scan and now; the next scan sees that.
+            return 0  # Removed after the scan, so the next scan will not list it.
         with self._lock:
             previous = self._failed.get((name, version))
         if previous is not None and previous[0] == stamp:

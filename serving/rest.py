@@ -236,7 +236,7 @@ def metadata_json(servable):
 
 
 class RestServer(http.server.ThreadingHTTPServer):
-    """A threading HTTP server that answers TF Serving's REST API for a ModelRepository."""
+    """A threading HTTP server with TF Serving's REST API for the models of a ModelRepository."""
 
     daemon_threads = True
     # The standard library's default backlog of 5 drops connections under bursts of clients.
@@ -259,7 +259,7 @@ class RestServer(http.server.ThreadingHTTPServer):
             self._idle.notify_all()
 
     def wait_idle(self, timeout):
-        """Wait up to `timeout` seconds for requests being answered; return how many are left.
+        """Wait up to `timeout` seconds for the requests in progress; return how many are left.
 
         Handler threads are daemon threads, so idle keep-alive connections
         never delay the exit, and this wait covers the requests in progress.

@@ -149,40 +149,47 @@ def convert_input(name, value, dtype_enum):
             f"Input {name!r} has dtype {value.dtype}, but the signature expects {expected} "
             f"({dtype.name}). Cast it to {dtype.name} before sending."
         )
+
     try:
         array = np.array(value, dtype=object if dtype == tf.bool else None)
     except ValueError as error:
         raise InvalidArgument(f"Input {name!r} is not a rectangular array: {error}") from None
-    if array.dtype == object and dtype != tf.bool:
+    if dtype == tf.bool:
+        if not all(isinstance(item, (bool, np.bool_)) for item in array.reshape(-1)):
+            raise InvalidArgument(f"Input {name!r} must contain true or false values ({expected}).")
+        return array.astype(bool)
+    if array.dtype == object:
         raise InvalidArgument(
             f"Input {name!r} must be a rectangular array of numbers ({expected}); rows of different "
             "lengths or non-numeric values were received."
         )
-    if dtype == tf.bool:
-        flat = array.reshape(-1)
-        if not all(isinstance(item, (bool, np.bool_)) for item in flat):
-            raise InvalidArgument(f"Input {name!r} must contain true or false values ({expected}).")
-        return array.astype(bool)
-    if array.dtype.kind not in "iufb" or array.dtype.kind == "b":
+    if array.dtype.kind not in "iuf":
         raise InvalidArgument(f"Input {name!r} must contain numbers ({expected}). Received {array.dtype} values.")
+
     if dtype.is_floating:
-        if not np.all(np.isfinite(array)):
-            raise InvalidArgument(
-                f"Input {name!r} contains NaN or infinite values; send finite numbers only."
-            )
-        with np.errstate(over="ignore"):
-            converted = array.astype(dtype.as_numpy_dtype)
-        if not np.all(np.isfinite(converted)):
-            raise InvalidArgument(f"Input {name!r} contains values beyond the {dtype.name} range.")
-        return converted
+        return _convert_floats(name, array, dtype)
     if dtype.is_integer:
-        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
-            raise InvalidArgument(f"Input {name!r} must contain integers ({expected}); fractional values were received.")
-        info = np.iinfo(dtype.as_numpy_dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise InvalidArgument(f"Input {name!r} has values outside the {dtype.name} range.")
-        return array.astype(dtype.as_numpy_dtype)
+        return _convert_integers(name, array, dtype, expected)
     raise InvalidArgument(f"Input {name!r} has dtype {expected}, which this server cannot convert from JSON.")
+
+
+def _convert_floats(name, array, dtype):
+    if not np.all(np.isfinite(array)):
+        raise InvalidArgument(f"Input {name!r} contains NaN or infinite values; send finite numbers only.")
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype.as_numpy_dtype)
+    if not np.all(np.isfinite(converted)):
+        raise InvalidArgument(f"Input {name!r} contains values beyond the {dtype.name} range.")
+    return converted
+
+
+def _convert_integers(name, array, dtype, expected):
+    if array.dtype.kind == "f" and not np.all(array == np.round(array)):
+        raise InvalidArgument(f"Input {name!r} must contain integers ({expected}); fractional values were received.")
+    info = np.iinfo(dtype.as_numpy_dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise InvalidArgument(f"Input {name!r} has values outside the {dtype.name} range.")
+    return array.astype(dtype.as_numpy_dtype)
 
 
 def _convert_strings(name, value):

@@ -18,7 +18,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REST_PORT = 8501
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_POLL_SECONDS = 2.0
-# 32 MiB holds about 400,000 float32 values as JSON text.
+# 32 MiB is roughly 1.6 million float32 values in JSON as json.dumps writes them
+# (about 20 bytes each); an estimate, because shorter numbers take fewer bytes.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Seconds that running REST requests and gRPC calls may take to finish after a stop request.
 STOP_GRACE_SECONDS = 5.0
@@ -86,7 +87,7 @@ class ModelServer:
             self._rest_server = RestServer((self.host, rest_port), self.repository, self.max_request_bytes)
         except OSError as error:
             grpc_server.stop(None)
-            raise OSError(f"cannot bind the REST port {self.host}:{rest_port}: {error.strerror or error}") from None
+            raise OSError(f"failed to bind the REST port {self.host}:{rest_port}: {error.strerror or error}") from None
         self.rest_port = self._rest_server.server_address[1]
         self._grpc_server = grpc_server
         self._grpc_server.start()

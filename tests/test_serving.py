@@ -592,7 +592,7 @@ def test_cli_serve_port_in_use(trained):
         result = run_cli("serve", trained["base_dir"], "--rest-port", str(port), "--grpc-port", "0")
 
     assert result.returncode == 2
-    assert f"dgc-tf serve: error: cannot bind the REST port 127.0.0.1:{port}" in result.stderr
+    assert f"dgc-tf serve: error: failed to bind the REST port 127.0.0.1:{port}" in result.stderr
     assert "Choose free ports with --rest-port and --grpc-port." in result.stderr
     assert "Traceback" not in result.stderr
 

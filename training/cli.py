@@ -186,7 +186,7 @@ def _add_serve_parser(commands):
         help="serve exported models over REST and gRPC with TF Serving's APIs",
         description="Serve every model under BASE_DIR (laid out as BASE_DIR/NAME/VERSION/, as 'dgc-tf export' "
         "writes it) with TF Serving's REST and gRPC APIs. New versions are loaded and removed ones unloaded "
-        "while running; the newest version answers requests without a version. Stops on SIGTERM or Ctrl-C.",
+        "while running; the newest version serves requests without a version. Stops on SIGTERM or Ctrl-C.",
     )
     serve.add_argument("base_dir", metavar="BASE_DIR", help="export base directory with one folder per model")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
