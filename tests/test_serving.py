@@ -372,6 +372,17 @@ def test_grpc_model_status(channel):
     assert response.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 
+def test_grpc_model_status_unknown_model(channel):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "nope"
+
+    with pytest.raises(grpc.RpcError) as raised:
+        model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "Model 'nope' not found. Served models: ['dgc']." in raised.value.details()
+
+
 def test_grpc_float64_input_names_expected_dtype(stub, trained):
     request = predict_request(trained["x"][:2], dtype=np.float64)
 
