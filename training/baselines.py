@@ -101,6 +101,8 @@ class EncoderClassifier(keras.Model):
         self.encoder = build_encoder(
             encoder, self.latent_dim, self.encoder_units, activation, self.image_shape, name="encoder"
         )
+        # Only z_mean feeds the softmax layer, so the z_log_var layer would get no gradient.
+        self.encoder.log_var_layer.trainable = False
         self.classifier = keras.layers.Dense(self.num_classes, activation="softmax", name="classifier")
         self.feature_offset = None
         self.feature_scale = None
