@@ -372,9 +372,16 @@ class DGC(keras.Model):
             return tf.reshape(tf.cast(y, tf.float32), [-1])
         return tf.reshape(tf.cast(y, tf.int32), [-1])
 
-    def _response_terms(self, z, y_model):
-        """Return log p(y|z,k) and clipped H_k(z), each `(..., K)`, and the clip mask."""
-        distribution = self.heads.distribution(self.head_params(z))
+    def _per_sample(self, rows):
+        """Reshape a network's output for `M * B` rows of `z` to `(M, B, ...)`."""
+        return tf.reshape(rows, [self.num_samples, -1] + rows.shape[1:].as_list())
+
+    def _response_terms(self, z_rows, y_model):
+        """Return log p(y|z,k) and clipped H_k(z), each `(M, B, K)`, and the clip mask.
+
+        `z_rows` holds the `M` samples of `z` as one batch, shape `(M * B, D)`.
+        """
+        distribution = self.heads.distribution(self._per_sample(self.head_params(z_rows)))
         log_likelihood = distribution.log_prob(y_model[:, tf.newaxis])  # (..., B, K)
         entropy, clipped = objective.clipped_entropy(distribution)
         return log_likelihood, entropy, clipped
@@ -395,10 +402,16 @@ class DGC(keras.Model):
         batch_size = tf.shape(z_mean)[0]
         noise = self._replica_noise(batch_size)  # (M, B, D)
         z = z_mean + tf.exp(0.5 * z_log_var) * noise  # (M, B, D)
+        # The decoder and the heads take the M samples as one batch of M * B
+        # rows. On a 3-D input each Dense layer goes through tensordot, whose
+        # shape arithmetic and its gradient cost more than the matrix
+        # products of a small network.
+        z_rows = tf.reshape(z, [-1, self.latent_dim])  # (M * B, D)
 
         log_posterior = objective.cluster_log_posterior(self.prior(z))  # (M, B, K)
         if self.reconstruction_weight > 0.0:
-            reconstruction = self.decoder.distribution(self.decoder_params(z)).log_prob(x_model)  # (M, B)
+            x_params = self._per_sample(self.decoder_params(z_rows))  # (M, B, F)
+            reconstruction = self.decoder.distribution(x_params).log_prob(x_model)  # (M, B)
         else:
             reconstruction = tf.zeros(tf.shape(z)[:2])  # (M, B); the ablation never runs the decoder
         latent_kl = self.prior.kl_from_posterior(z_mean, z_log_var)  # (B, K)
@@ -406,7 +419,7 @@ class DGC(keras.Model):
         response_log_likelihood = entropy = None
         clip_fraction = tf.zeros([batch_size])
         if y is not None and self.uses_response:
-            response_log_likelihood, entropy, clipped = self._response_terms(z, self._prepare_response(y))
+            response_log_likelihood, entropy, clipped = self._response_terms(z_rows, self._prepare_response(y))
             log_weights = objective.labeled_log_weights(
                 response_log_likelihood, entropy, log_posterior, self.response_weight, self.entropy_scale
             )  # (M, B, K)
