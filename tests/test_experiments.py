@@ -104,13 +104,13 @@ def test_k_sweep_unmatched_clusters_cost_accuracy(smoke_runs):
 
 
 def test_plot_arrays_saved(smoke_runs):
-    with np.load(os.path.join(smoke_runs, "pacman", "dgc_seed0.npz")) as arrays:
+    with np.load(os.path.join(smoke_runs, "pacman", "dgc_seed0_smoke.npz")) as arrays:
         assert arrays["confusion"].shape == (2, 2)
         assert arrays["labeled_confusion"].sum() == arrays["confusion"].sum()
         assert arrays["latent_2d"].shape[1] == 2
         assert arrays["sample_x"].shape == (experiments.PLOT_ROWS, 2)
         assert arrays["sample_y"].shape == (experiments.PLOT_ROWS,)
-    with np.load(os.path.join(smoke_runs, "fashion_k_sweep", "dgc_k15_seed0.npz")) as arrays:
+    with np.load(os.path.join(smoke_runs, "fashion_k_sweep", "dgc_k15_seed0_smoke.npz")) as arrays:
         assert arrays["confusion"].shape == (15, 10)
         assert arrays["confusion"].sum() == 100
 

@@ -12,7 +12,8 @@ recorded for it (`ru_maxrss` of that process) belongs to that job alone;
 `--in-process` runs all jobs in this process, where `ru_maxrss` is the peak
 of the whole run so far. Results go to `<out>/<experiment>/results.jsonl`,
 one JSON object per job (a rerun of the same job replaces its line), and the
-arrays for the plots to `<out>/<experiment>/<model>_seed<seed>.npz`.
+arrays for the plots to `<out>/<experiment>/<model>_seed<seed>.npz` (`..._smoke.npz`
+for a smoke run, so that it never replaces the arrays of a full run).
 `python -m dgc_tf.training.results_report` turns them into docs/results.md.
 
 The true groups are used only to score the clusterings, never in training.
@@ -494,6 +495,11 @@ def save_record(directory, record):
         _replace_atomically(path, write)
 
 
+def arrays_filename(model, seed, smoke):
+    """Return the name of the .npz file with the plot arrays of one job."""
+    return f"{model}_seed{seed}{'_smoke' if smoke else ''}.npz"
+
+
 def save_arrays(path, arrays):
     """Write `arrays` to a compressed .npz file atomically."""
     _replace_atomically(path, lambda temporary: np.savez_compressed(temporary, **arrays))
@@ -512,7 +518,7 @@ def run_job(experiment, run_name, seed, out, smoke=False, isolated=False, downlo
 
     Writes one record to `<out>/<experiment>/results.jsonl` (status `ok`,
     `skipped` or `failed`) and, for status `ok`, the plot arrays to
-    `<out>/<experiment>/<run_name>_seed<seed>.npz`.
+    `<out>/<experiment>/` (named by `arrays_filename`).
 
     Returns:
         The record.
@@ -547,7 +553,7 @@ def run_job(experiment, run_name, seed, out, smoke=False, isolated=False, downlo
         record.update(scores, status="ok", train_seconds=train_seconds)
         if arrays:
             os.makedirs(directory, exist_ok=True)
-            save_arrays(os.path.join(directory, f"{run_name}_seed{seed}.npz"), arrays)
+            save_arrays(os.path.join(directory, arrays_filename(run_name, seed, smoke)), arrays)
     except DataUnavailable as error:
         record.update(status="skipped", reason=str(error))
     except Exception as error:  # recorded, so that one failed job does not stop the others

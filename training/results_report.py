@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from dgc_tf.training.experiments import EXPERIMENTS, read_records
+from dgc_tf.training.experiments import EXPERIMENTS, arrays_filename, read_records
 
 # The figures of Shi et al., "Deep Goal-Oriented Clustering" (arXiv:2006.04259).
 PAPER_FIGURES = {
@@ -152,10 +152,10 @@ def _save_figure(figure, path):
             os.remove(temporary)
 
 
-def _first_arrays(run_dir, model, seeds):
-    """Load `<model>_seed<s>.npz` for the lowest seed in `seeds` that has one, or return None."""
-    for seed in sorted(seeds):
-        path = os.path.join(run_dir, f"{model}_seed{seed}.npz")
+def _first_arrays(run_dir, model, records):
+    """Load the plot arrays of the lowest seed in `records` that has them, or return None."""
+    for seed, smoke in sorted((record["seed"], bool(record.get("smoke"))) for record in records):
+        path = os.path.join(run_dir, arrays_filename(model, seed, smoke))
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as arrays:
                 return seed, dict(arrays)
@@ -166,7 +166,7 @@ def plot_confusions(plt, run_dir, models, path):
     """Plot the test confusion matrices of every clustering model at its lowest seed; return True if any."""
     panels = []
     for model, records in models.items():
-        found = _first_arrays(run_dir, model, [record["seed"] for record in records])
+        found = _first_arrays(run_dir, model, records)
         if found is None:
             continue
         seed, arrays = found
@@ -336,7 +336,7 @@ def experiment_section(experiment, records, run_dir, figure_dir, figure_link, pl
     if experiment != "fashion_k_sweep" and plot_confusions(plt, run_dir, models, confusion_path):
         images.append(("Test confusion matrices (rows: predicted cluster, columns: true group)", confusion_path))
     dgc_records = models.get("dgc")
-    found = dgc_records and _first_arrays(run_dir, "dgc", [record["seed"] for record in dgc_records])
+    found = dgc_records and _first_arrays(run_dir, "dgc", dgc_records)
     if found:
         seed, arrays = found
         latent_path = os.path.join(figure_dir, f"{experiment}_latent.png")
