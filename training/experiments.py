@@ -231,6 +231,8 @@ def resolve_settings(experiment, run_name, smoke=False):
     if smoke:
         settings = _merge(settings, _merge(_SMOKE, recipe.get("smoke", {})))
     settings = _merge(settings, {key: value for key, value in runs[run_name].items() if key != "name"})
+    if settings["kind"] not in RUN_KINDS:
+        raise ValueError(f"Model {run_name!r} of {experiment!r} has kind {settings['kind']!r}; expected one of {RUN_KINDS}.")
     settings["name"] = run_name
     return settings
 
@@ -266,7 +268,8 @@ def check_available(settings, download=False):
     if prepared:
         return None
     return (
-        f"svhn_cropped is not prepared under {svhn_data_dir()} (set by TFDS_DATA_DIR). On a machine "
+        f"svhn_cropped is not prepared under {svhn_data_dir()}, the TensorFlow Datasets folder "
+        "(TFDS_DATA_DIR sets another). On a machine "
         "with network access, rerun with --download, or prepare it first with "
         "`tfds build svhn_cropped`."
     )
