@@ -6,7 +6,7 @@ Reads `<runs>/<experiment>/results.jsonl` and the .npz arrays written by
 `dgc_tf.training.experiments`. The page gives, per experiment and model,
 each accuracy as mean ± standard deviation and worst over seeds, with the
 figure of Shi et al., "Deep Goal-Oriented Clustering" (arXiv:2006.04259)
-beside it, and says whether the project's bars are met. The plots
+beside it, and whether the project's bars are met. The plots
 go to a folder beside the page (`docs/results/` for `docs/results.md`). A
 hand-written `results_notes.md` beside the page, when present, is copied
 into the page under "Notes". Every file is written under a temporary name and
@@ -317,11 +317,12 @@ def experiment_section(experiment, records, run_dir, figure_dir, figure_link, pl
         ]
         lines.append("| " + " | ".join(cells) + " |")
     total_seconds = sum(record["seconds"] for record in records if record.get("seconds") is not None)
+    peak_memory = max(record["peak_rss_mb"] for model_records in models.values() for record in model_records)
     lines += [
         "",
         f"Accuracies in percent on the rows named in the heading; mean ± standard deviation and worst over "
-        f"seeds. Run time of all jobs: {total_seconds / 60:.1f} minutes. Peak memory: "
-        f"{records[0].get('memory_method', 'ru_maxrss')}.",
+        f"seeds. Run time of all jobs: {total_seconds / 60:.1f} minutes. Peak memory of any job: "
+        f"{peak_memory:.0f} MB, measured as {records[0].get('memory_method', 'ru_maxrss')}.",
         "",
     ]
 
