@@ -3,6 +3,7 @@
 import math
 import numbers
 import os
+import threading
 import warnings
 
 import keras
@@ -1012,21 +1013,37 @@ class Autoencoder(keras.Model):
 
 
 class FiniteLossGuard(keras.callbacks.Callback):
-    """Stop training at the first non-finite loss and raise after `fit` returns."""
+    """Stop training at the first non-finite loss and raise after `fit` returns.
+
+    The guard is `async_safe`: unless another callback needs them in order,
+    Keras runs its batch hooks on worker threads, so the training loop does
+    not wait after every step to convert the logs to Python floats. Training
+    then stops a few steps after the first non-finite loss. The reported
+    batch is still the first one: the logged loss is the running mean of the
+    epoch, non-finite from that batch on, and Keras finishes every pending
+    hook at the end of the epoch.
+    """
+
+    async_safe = True
 
     def __init__(self):
         super().__init__()
         self.failed_epoch = None
         self.epoch = 0
+        self._lock = threading.Lock()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self.failed_epoch = (self.epoch, batch)
-            self.model.stop_training = True
+        if loss is None or np.isfinite(float(loss)):
+            return
+        with self._lock:
+            # Hooks on worker threads may finish out of order: keep the earliest batch.
+            if self.failed_epoch is None or (self.epoch, batch) < self.failed_epoch:
+                self.failed_epoch = (self.epoch, batch)
+        self.model.stop_training = True
 
     def raise_if_stopped(self):
         if self.failed_epoch is None:

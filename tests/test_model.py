@@ -438,6 +438,48 @@ def test_non_finite_loss_names_epoch():
         model.fit(x, groups, epochs=3, batch_size=50, verbose=0)
 
 
+class BatchLossRecorder(keras.callbacks.Callback):
+    """Record every batch's logged loss. Its batch hook makes Keras call all hooks in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.losses.append([])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses[-1].append(float(logs["loss"]))
+
+
+def test_non_finite_loss_names_first_batch():
+    # Four batches per epoch. Without other batch hooks, Keras runs the
+    # guard's hooks on worker threads, and it must still name the batch that
+    # an in-order run records as the first non-finite one.
+    x, groups = small_blobs(200, seed=6)
+
+    def fit(callbacks):
+        keras.utils.set_random_seed(1)
+        model = small_model(2)
+        model.pretrain(x, groups, epochs=0)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e30))
+        with pytest.raises(FloatingPointError) as error:
+            model.fit(x, groups, epochs=3, batch_size=50, shuffle=False, verbose=0, callbacks=callbacks)
+        return str(error.value)
+
+    recorder = BatchLossRecorder()
+    in_order_message = fit([recorder])
+    epoch, batch = next(
+        (epoch, batch)
+        for epoch, losses in enumerate(recorder.losses)
+        for batch, loss in enumerate(losses)
+        if not np.isfinite(loss)
+    )
+    expected = f"in epoch {epoch + 1}, batch {batch}."
+    assert expected in in_order_message
+    assert expected in fit([])
+
+
 def test_pretrain_with_duplicate_rows():
     rng = np.random.default_rng(7)
     # 190 copies of one row and 10 distinct rows.
