@@ -12,6 +12,10 @@ Usage:
     python benchmarks/train_throughput.py --network mnist --batch-sizes 100 256
     python benchmarks/train_throughput.py --network pacman --batch-sizes 128
     python benchmarks/train_throughput.py --memory --batch-sizes 256 1024
+    python benchmarks/train_throughput.py --network pacman --batch-sizes 128 --jit-compile
+
+`--jit-compile` and `--steps-per-execution` set the same `compile` options
+for all three models; by default Keras chooses (`jit_compile="auto"`).
 
 `--memory` runs one fresh subprocess per model and batch size and reports the
 peak resident set size (`ru_maxrss`) of each.
@@ -63,6 +67,11 @@ NETWORKS = {
 }
 LATENT_DIM = 10
 
+# Arguments of `compile` for all three models, set by `--jit-compile` and
+# `--steps-per-execution`. Keras 3 resolves jit_compile="auto" to False on
+# a machine without a GPU.
+COMPILE_OPTIONS = {"jit_compile": "auto", "steps_per_execution": 1}
+
 
 def make_data(network, num_rows, seed=0):
     """Return random `x` and `y` of the network's shape: pixels in [0, 1] or Gaussian features."""
@@ -90,7 +99,7 @@ def build_dgc(network, x, y):
         likelihood=spec["likelihood"],
         seed=0,
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), **COMPILE_OPTIONS)
     # Zero epochs: only the preprocessing and the mixture prior are set up.
     model.pretrain(x, y, epochs=0, prior_init="shared", verbose=0)
     return model
@@ -99,7 +108,7 @@ def build_dgc(network, x, y):
 def build_pretrain_autoencoder(model):
     """Return the `Autoencoder` that `DGC.pretrain` trains, compiled as `pretrain` compiles it."""
     autoencoder = Autoencoder(model)
-    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3))
+    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), **COMPILE_OPTIONS)
     return autoencoder
 
 
@@ -119,7 +128,7 @@ def build_plain_autoencoder(network):
         layers.append(keras.layers.Dense(2 * spec["num_features"]))
         loss = gaussian_negative_log_likelihood
     model = keras.Sequential(layers)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, **COMPILE_OPTIONS)
     return model
 
 
@@ -143,17 +152,25 @@ def dense_multiply_adds(model):
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Keras callback that records the wall time of each epoch."""
+    """Keras callback that records the wall time and the process CPU time of each epoch.
+
+    CPU time does not grow while other jobs hold the cores, so on a shared
+    machine it varies less than wall time. It also counts the time that
+    TensorFlow's worker threads spend spinning while they wait for work.
+    """
 
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self.cpu_seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
+        self.cpu_start = process_cpu_seconds()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.start)
+        self.cpu_seconds.append(process_cpu_seconds() - self.cpu_start)
 
 
 def measure_matmul_gflops(sizes=(1024, 2048), repeats=5):
@@ -237,9 +254,21 @@ def benchmark_batch_size(network, batch_size, num_rows, epochs, peak_gflops):
             [total - epoch for total, epoch in zip(call_seconds[name], timers[name].seconds)]
         )
         summary["multiply_adds_per_row"] = multiply_adds[name]
+        summary["rows_per_cpu_second"] = statistics.median(
+            [num_rows / value for value in timers[name].cpu_seconds]
+        )
         result[name] = summary
     result["train_ratio"] = result["dgc_train"]["median"] / result["plain"]["median"]
     result["pretrain_ratio"] = result["dgc_pretrain"]["median"] / result["plain"]["median"]
+    # The same ratios per round, from epochs that ran next to each other, so
+    # that a change of load between rounds cancels out.
+    plain_seconds = timers["plain"].seconds
+    result["train_ratio_per_round"] = [p / d for d, p in zip(timers["dgc_train"].seconds, plain_seconds)]
+    result["pretrain_ratio_per_round"] = [p / d for d, p in zip(timers["dgc_pretrain"].seconds, plain_seconds)]
+    for name in ("train", "pretrain"):
+        result[f"{name}_cpu_ratio"] = (
+            result[f"dgc_{name}"]["rows_per_cpu_second"] / result["plain"]["rows_per_cpu_second"]
+        )
     result["plain_jit_compile"] = bool(plain.jit_compile)
     result["dgc_jit_compile"] = bool(model.jit_compile)
     return result
@@ -253,12 +282,23 @@ def format_result(result):
             f"  {name:13s} median {summary['median']:9.0f} rows/s "
             f"(min {summary['min']:.0f}, max {summary['max']:.0f}, {summary['epochs']} epochs), "
             f"{summary['gflops']:.1f} GFLOP/s = {100 * summary['peak_fraction']:.0f}% of matmul, "
-            f"fit() overhead {summary['fit_call_overhead_s']:.2f} s"
+            f"fit() overhead {summary['fit_call_overhead_s']:.2f} s, "
+            f"{summary['rows_per_cpu_second']:.0f} rows per CPU second"
         )
+    lines.append(
+        f"  jit_compile as resolved by Keras: DGC {result['dgc_jit_compile']}, plain {result['plain_jit_compile']}"
+    )
     lines.append(
         f"  ratio train/plain {result['train_ratio']:.2f} (target >= {TRAIN_RATIO_TARGET}), "
         f"pretrain/plain {result['pretrain_ratio']:.2f} (target >= {PRETRAIN_RATIO_TARGET})"
     )
+    for name in ("train", "pretrain"):
+        per_round = result[f"{name}_ratio_per_round"]
+        lines.append(
+            f"  {name}/plain per round: median {statistics.median(per_round):.2f}, "
+            f"min {min(per_round):.2f}, max {max(per_round):.2f} over {len(per_round)} rounds; "
+            f"by CPU time {result[f'{name}_cpu_ratio']:.2f}"
+        )
     authors = AUTHORS_SAMPLES_PER_SECOND.get((result["network"], result["batch_size"]))
     if authors is not None:
         speedup = result["dgc_train"]["median"] / authors
@@ -276,6 +316,10 @@ def run_throughput(args):
     matmul_before = measure_matmul_gflops()
     peak = max(matmul_before.values())
     print(f"tensorflow {tf.__version__}, threads intra={tf.config.threading.get_intra_op_parallelism_threads()}")
+    print(
+        f"compile options of all three models: jit_compile={COMPILE_OPTIONS['jit_compile']!r}, "
+        f"steps_per_execution={COMPILE_OPTIONS['steps_per_execution']}"
+    )
     print(f"load average before: {load_before[0]:.2f}")
     print("matmul GFLOP/s before: " + ", ".join(f"n={n}: {v:.1f}" for n, v in matmul_before.items()))
 
@@ -354,7 +398,9 @@ def run_memory(args):
                 str(args.rows),
                 "--batch-sizes",
                 str(batch_size),
-            ]
+                "--steps-per-execution",
+                str(args.steps_per_execution),
+            ] + (["--jit-compile"] if args.jit_compile else [])
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             record = json.loads(output.strip().splitlines()[-1])
             print(
@@ -373,6 +419,14 @@ def parse_args(argv=None):
     parser.add_argument("--rows", type=int, default=8192, help="rows per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model, after one warm-up epoch")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile all three models with XLA (jit_compile=True); default: Keras's 'auto'",
+    )
+    parser.add_argument(
+        "--steps-per-execution", type=int, default=1, help="training steps per call of the train function, all models"
+    )
     parser.add_argument("--memory", action="store_true", help="measure peak RSS in fresh subprocesses instead")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=("dgc", "plain"), default="dgc", help=argparse.SUPPRESS)
@@ -381,6 +435,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    COMPILE_OPTIONS.update(
+        jit_compile=True if args.jit_compile else "auto", steps_per_execution=args.steps_per_execution
+    )
     if args.memory_child:
         run_memory_child(args)
     elif args.memory:
