@@ -380,7 +380,7 @@ class DGC(keras.Model):
     def _response_terms(self, z_rows, y_model):
         """Return log p(y|z,k) and clipped H_k(z), each `(M, B, K)`, and the clip mask.
 
-        `z_rows` holds the `M` samples of `z` as one batch, shape `(M * B, D)`.
+        `z_rows` contains the `M` samples of `z` as one batch, shape `(M * B, D)`.
         """
         distribution = self.heads.distribution(self._per_sample(self.head_params(z_rows)))
         log_likelihood = distribution.log_prob(y_model[:, tf.newaxis])  # (..., B, K)
@@ -679,8 +679,9 @@ class DGC(keras.Model):
 
     def _warn_if_collapsed(self, x, max_rows=2000):
         rows = np.random.default_rng(0).permutation(len(x))[:max_rows]
-        # One traced call on all rows: `predict` would run Keras's loop in
-        # batches of 32, which cost 0.3 s or more after every `fit` call.
+        # One traced call on all rows. `predict` would run Keras's loop in
+        # batches of 32, which took 0.17 to 0.34 s after every `fit` call on
+        # the benchmark networks (benchmarks/train_throughput.py).
         if not hasattr(self, "_cluster_probs_function"):
             self._cluster_probs_function = tf.function(
                 lambda rows: self(rows)["cluster_probs"], reduce_retracing=True
