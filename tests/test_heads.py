@@ -68,6 +68,24 @@ def test_heads_sample_dimension_shape(capacity):
     np.testing.assert_allclose(params[1], heads(tf.constant(z[1])).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("capacity", ["linear", "mlp"])
+@pytest.mark.parametrize("rank", [2, 3])
+def test_heads_unknown_leading_dimensions(capacity, rank):
+    # Keras traces training with an unknown batch size, so the leading
+    # dimensions are only known when the graph runs.
+    heads = build_heads("gaussian", capacity)
+    z = np.random.default_rng(3).normal(size=(2, 6, LATENT_DIM)[-rank:]).astype(np.float32)
+    traced = tf.function(heads, input_signature=[tf.TensorSpec([None] * (rank - 1) + [LATENT_DIM])])
+
+    params = traced(tf.constant(z)).numpy()
+
+    assert params.shape == z.shape[:-1] + (NUM_CLUSTERS, 2)
+    rows = z.reshape(-1, LATENT_DIM)
+    np.testing.assert_allclose(
+        params.reshape(len(rows), NUM_CLUSTERS, 2), loop_reference(heads, rows), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_bias_heads_ignore_z():
     heads = build_heads("gaussian", "bias")
     rng = np.random.default_rng(3)
