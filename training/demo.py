@@ -63,7 +63,7 @@ RECIPES = {
             head="bias",
             response_weight=10.0,
         ),
-        "prior_init": "shared",
+        "prior_init": "class",
         "refit_start_epoch": 10,
         "pretrain_epochs": 50,
         "epochs": 60,

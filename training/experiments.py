@@ -50,10 +50,10 @@ from dgc_tf.metrics import clustering_accuracy, clustering_scores  # noqa: E402
 # 10. The report records the measured times.
 _IMAGE_TRAINING = {
     "num_clusters": 10,
-    "prior_init": "shared",
+    "prior_init": "class",
     "refit_start_epoch": 5,
     "pretrain_epochs": 10,
-    "epochs": 15,
+    "epochs": 20,
     "classifier_epochs": 15,
     "batch_size": 100,
     "learning_rate": 1e-3,
@@ -94,7 +94,7 @@ EXPERIMENTS = {
             "head": "bias",
             "response_weight": 10.0,
         },
-        "prior_init": "shared",
+        "prior_init": "class",
         "refit_start_epoch": 10,
         "pretrain_epochs": 50,
         "epochs": 60,
