@@ -26,3 +26,8 @@ class NotFound(ServingError):
 class Unavailable(ServingError):
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServingError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -8,9 +8,11 @@ return UNIMPLEMENTED, because DGC exports have predict signatures only.
 
 import functools
 import logging
+import socket
 from concurrent import futures
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -20,7 +22,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from dgc_tf.serving.errors import InvalidArgument, ServingError
+from dgc_tf.serving.errors import InvalidArgument, ResourceExhausted, ServingError
 from dgc_tf.serving.servable import dtype_name
 
 logger = logging.getLogger("dgc_tf.serving")
@@ -59,13 +61,37 @@ def _requested_servable(repository, model_spec):
     return repository.get(model_spec.name, version, label)
 
 
-def tensor_proto_to_array(name, tensor_proto, expected_dtype):
-    """Convert a request TensorProto to NumPy after checking its dtype against the signature's."""
+def tensor_proto_to_array(name, tensor_proto, expected_dtype, max_bytes):
+    """Convert a request TensorProto to NumPy after checking its dtype against the signature's.
+
+    A TensorProto with fewer values than its shape needs is filled with its
+    last value, as TensorFlow does, so a small message can describe a huge
+    array. Arrays above `max_bytes` are rejected before they are allocated.
+    """
     if tensor_proto.dtype != expected_dtype:
         raise InvalidArgument(
             f"Input {name!r} has dtype {dtype_name(tensor_proto.dtype)}, but the signature expects "
             f"{dtype_name(expected_dtype)} ({tf.dtypes.as_dtype(expected_dtype).name}). Cast the array "
             "before tf.make_tensor_proto, or use dgc_tf.serving.GrpcClient, which casts for you."
+        )
+    shape = tensor_proto.tensor_shape
+    sizes = [dim.size for dim in shape.dim]
+    if shape.unknown_rank or any(size < 0 for size in sizes):
+        raise InvalidArgument(
+            f"Input {name!r} has the TensorProto shape {_shape_proto_text(shape)}; a request tensor needs a "
+            "known rank and sizes of 0 or more. Build it with tf.make_tensor_proto(array)."
+        )
+    item_bytes = tf.dtypes.as_dtype(expected_dtype).size if expected_dtype != tf.string.as_datatype_enum else 1
+    decoded_bytes = int(np.prod(sizes, dtype=object)) * item_bytes
+    if decoded_bytes > max_bytes:
+        raise ResourceExhausted(
+            f"Input {name!r} has shape {sizes}, which takes {decoded_bytes} bytes, more than the limit of "
+            f"{max_bytes} (--max-request-bytes). Send fewer rows per request."
+        )
+    if tensor_proto.tensor_content and len(tensor_proto.tensor_content) != decoded_bytes:
+        raise InvalidArgument(
+            f"Input {name!r} has {len(tensor_proto.tensor_content)} bytes of tensor_content, but shape {sizes} "
+            f"of {dtype_name(expected_dtype)} takes {decoded_bytes}. Build it with tf.make_tensor_proto(array)."
         )
     try:
         return tf.make_ndarray(tensor_proto)
@@ -73,9 +99,30 @@ def tensor_proto_to_array(name, tensor_proto, expected_dtype):
         raise InvalidArgument(f"Input {name!r} is not a valid TensorProto: {error}") from None
 
 
+def _shape_proto_text(shape):
+    return "unknown_rank" if shape.unknown_rank else str([dim.size for dim in shape.dim])
+
+
+def _unimplemented(method_name, reason):
+    """Return a servicer method that rejects every call with UNIMPLEMENTED and `reason`."""
+
+    def method(self, request, context):
+        logger.warning("gRPC %s -> UNIMPLEMENTED", method_name)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method_name} is not supported: {reason}")
+
+    method.__name__ = method_name
+    return method
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository):
+    def __init__(self, repository, max_message_bytes):
         self.repository = repository
+        self.max_message_bytes = max_message_bytes
+
+    _PREDICT_ONLY = "DGC exports have predict signatures only. Call Predict instead."
+    Classify = _unimplemented("Classify", _PREDICT_ONLY)
+    Regress = _unimplemented("Regress", _PREDICT_ONLY)
+    MultiInference = _unimplemented("MultiInference", _PREDICT_ONLY)
 
     @_rpc
     def Predict(self, request, context):
@@ -89,7 +136,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     f"Its inputs are {sorted(signature_def.inputs)}."
                 )
             raw = {
-                name: tensor_proto_to_array(name, tensor_proto, signature_def.inputs[name].dtype)
+                name: tensor_proto_to_array(
+                    name, tensor_proto, signature_def.inputs[name].dtype, self.max_message_bytes
+                )
                 for name, tensor_proto in request.inputs.items()
             }
             arrays = servable.check_inputs(signature_name, raw)
@@ -125,6 +174,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, repository):
         self.repository = repository
 
+    HandleReloadConfigRequest = _unimplemented(
+        "HandleReloadConfigRequest",
+        "the server has no model config; it loads new version directories under BASE_DIR every --poll-seconds.",
+    )
+
     @_rpc
     def GetModelStatus(self, request, context):
         from dgc_tf.serving.rest import status_json  # The REST and gRPC status share one source.
@@ -156,12 +210,33 @@ def build_grpc_server(repository, address, max_message_bytes, max_workers=16):
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dgc-grpc"), options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(repository, max_message_bytes), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(repository), server)
     try:
         port = server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise OSError(f"failed to bind the gRPC port {address}: {error}") from None
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"failed to bind the gRPC port {address}: the address is in use or invalid")
+        # gRPC's own message only points to GRPC_VERBOSITY, so a plain socket finds the reason.
+        host, _, port_text = address.rpartition(":")
+        reason = bind_error(host.strip("[]"), int(port_text)) or "the address is in use or invalid"
+        raise OSError(f"failed to bind the gRPC port {address}: {reason}")
     return server, port
+
+
+def bind_error(host, port):
+    """Return why binding TCP `host:port` fails, such as 'Address already in use', or None if it succeeds now."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        return f"cannot resolve the host {host!r} ({error.strerror})"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as in http.server and gRPC, so a port in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return None

@@ -34,6 +34,28 @@ def scan_base_dir(base_dir):
     return found
 
 
+def version_stamp(version_dir):
+    """Return the relative path, size and modification time of every file under `version_dir`, sorted.
+
+    Raises:
+        OSError: `version_dir` cannot be listed.
+    """
+    entries = []
+    for root, _, files in os.walk(version_dir, onerror=_raise):
+        for file_name in files:
+            file_path = os.path.join(root, file_name)
+            try:
+                status = os.stat(file_path)
+            except FileNotFoundError:
+                continue  # Removed while listing, so the next poll finds the new state.
+            entries.append((os.path.relpath(file_path, version_dir), status.st_size, status.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def _raise(error):
+    raise error
+
+
 class ModelRepository:
     """Loads every model version under `base_dir` and serves lookups by name, version or label.
 
@@ -48,7 +70,7 @@ class ModelRepository:
         self.version_labels = {name: dict(labels) for name, labels in (version_labels or {}).items()}
         self._lock = threading.Lock()
         self._models = {}  # name -> {version: Servable}
-        self._failed = {}  # (name, version) -> (saved_model.pb mtime, error message)
+        self._failed = {}  # (name, version) -> (version_stamp of the failed load, error message)
         self._scan_error = None
         self._stop = threading.Event()
         self._thread = None
@@ -98,10 +120,20 @@ class ModelRepository:
             if versions is None:
                 raise NotFound(f"Model {name!r} not found. Served models: {sorted(self._models)}.")
             if not versions:
-                raise NotFound(f"Model {name!r} has no loaded version.")
+                failed = {v: message for (model, v), (_, message) in self._failed.items() if model == name}
+                detail = "; ".join(f"version {v} failed to load: {message}" for v, message in sorted(failed.items()))
+                raise NotFound(
+                    f"Model {name!r} has no loaded version"
+                    + (f" ({detail})." if detail else f"; expected {self.base_dir}/{name}/<version>/saved_model.pb.")
+                )
             if version is None:
                 return versions[max(versions)]
             if version not in versions:
+                if (name, version) in self._failed:
+                    raise NotFound(
+                        f"Version {version} of model {name!r} failed to load: {self._failed[(name, version)][1]} "
+                        f"Loaded versions: {sorted(versions)}."
+                    )
                 raise NotFound(
                     f"Version {version} of model {name!r} not found. Loaded versions: {sorted(versions)}."
                 )
@@ -112,8 +144,9 @@ class ModelRepository:
     def refresh(self):
         """Load new versions and unload removed ones; return the number of changes.
 
-        A version that fails to load is logged and skipped; it is tried again
-        when its `saved_model.pb` changes.
+        A version that fails to load is logged and skipped. It is tried again
+        when a file in its directory is added, removed or changed, such as
+        the variables that a copy writes after `saved_model.pb`.
         """
         try:
             found = scan_base_dir(self.base_dir)
@@ -154,7 +187,7 @@ class ModelRepository:
 
     def _load(self, name, version, path):
         try:
-            stamp = os.stat(os.path.join(path, contract.SAVED_MODEL_FILENAME)).st_mtime_ns
+            stamp = version_stamp(path)
         except OSError:
             return 0  # Removed after the scan, so the next scan will not list it.
         with self._lock:

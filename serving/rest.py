@@ -6,9 +6,10 @@ Paths (as in TF Serving 2.x):
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature definitions
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    predict
 
-Every error is a JSON object `{"error": "<message>"}`: 400 for invalid
-requests, 404 for unknown models and versions, 411 without Content-Length,
-413 above the request size limit.
+Every error is a JSON object `{"error": "<message>"}`. The status is 400
+for invalid requests and 404 for unknown models and versions. It is 408 for
+a body that does not arrive in time, 411 without Content-Length, 413 above
+the request size limit, and 501 for methods other than GET and POST.
 """
 
 import base64
@@ -16,6 +17,8 @@ import http.server
 import json
 import logging
 import re
+import socket
+import sys
 import threading
 import time
 
@@ -39,6 +42,15 @@ class PayloadTooLarge(ServingError):
 
 class LengthRequired(ServingError):
     http_status = 411
+
+
+class RequestTimeout(ServingError):
+    http_status = 408
+
+# Seconds a connection may wait for the next part of a request, or for the
+# client to read a response, before the server closes it. It is also the idle
+# time after which a keep-alive connection is closed.
+DEFAULT_SOCKET_TIMEOUT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------- request handling
@@ -114,6 +126,17 @@ def parse_json_body(body):
         raise InvalidArgument("The request body is not UTF-8 text.") from None
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"The request body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise InvalidArgument(
+            "The request body nests JSON arrays or objects too deeply for the parser. "
+            "Send each row as a flat list of numbers."
+        ) from None
+    except ValueError as error:  # An integer with more digits than Python converts (4300 by default).
+        reason = str(error).split("; use ", 1)[0]
+        raise InvalidArgument(
+            f"The request body has an integer that is too long to parse ({reason}). "
+            "Write large values in exponent notation, such as 1e30."
+        ) from None
     if not isinstance(request, dict):
         raise InvalidArgument(f"The request body must be a JSON object. Received a {type(request).__name__}.")
     return request
@@ -158,6 +181,11 @@ def columnar_inputs(inputs, signature_def):
         return inputs
     if len(signature_def.inputs) == 1:
         return {next(iter(signature_def.inputs)): inputs}
+    if not signature_def.inputs:
+        raise InvalidArgument(
+            f"'inputs' must be an empty object {{}}, because the signature takes no inputs. "
+            f"Received: {json.dumps(inputs)[:60]}."
+        )
     raise InvalidArgument(
         f"'inputs' must be an object keyed by input name {sorted(signature_def.inputs)}, "
         "because the signature takes several inputs."
@@ -236,27 +264,65 @@ def metadata_json(servable):
 
 
 class RestServer(http.server.ThreadingHTTPServer):
-    """A threading HTTP server with TF Serving's REST API for the models of a ModelRepository."""
+    """A threading HTTP server with TF Serving's REST API for the models of a ModelRepository.
+
+    Args:
+        address: `(host, port)` to bind.
+        repository: the ModelRepository to serve.
+        max_request_bytes: the largest request body accepted.
+        socket_timeout: seconds a connection may wait for the next part of
+            a request, or for the client to read a response, before it is
+            closed.
+    """
 
     daemon_threads = True
     # The standard library's default backlog of 5 drops connections under bursts of clients.
     request_queue_size = 128
 
-    def __init__(self, address, repository, max_request_bytes):
+    def __init__(self, address, repository, max_request_bytes, socket_timeout=DEFAULT_SOCKET_TIMEOUT_SECONDS):
         self.repository = repository
         self.max_request_bytes = max_request_bytes
+        self.socket_timeout = socket_timeout
+        self.stopping = False
         self._active_requests = 0
+        self._connections = set()
+        self._busy_connections = set()
         self._idle = threading.Condition()
         super().__init__(address, RestHandler)
 
-    def request_started(self):
+    def connection_opened(self, connection):
+        with self._idle:
+            self._connections.add(connection)
+
+    def connection_closed(self, connection):
+        with self._idle:
+            self._connections.discard(connection)
+
+    def request_started(self, connection):
         with self._idle:
             self._active_requests += 1
+            self._busy_connections.add(connection)
 
-    def request_finished(self):
+    def request_finished(self, connection):
         with self._idle:
             self._active_requests -= 1
+            self._busy_connections.discard(connection)
             self._idle.notify_all()
+
+    def close_idle_connections(self):
+        """Mark the server as stopping and close the keep-alive connections that wait for a request.
+
+        Connections with a request in progress get its response with
+        `Connection: close` and are closed after it.
+        """
+        with self._idle:
+            self.stopping = True
+            idle = self._connections - self._busy_connections
+        for connection in idle:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # Already closed by the client.
 
     def wait_idle(self, timeout):
         """Wait up to `timeout` seconds for the requests in progress; return how many are left.
@@ -270,6 +336,14 @@ class RestServer(http.server.ThreadingHTTPServer):
                 self._idle.wait(deadline - time.monotonic())
             return self._active_requests
 
+    def handle_error(self, request, client_address):
+        """Log a failed connection in one line; a client that disconnects or times out is not an error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("REST connection from %s closed: %s", client_address[0], error)
+        else:
+            logger.exception("REST connection from %s failed", client_address[0])
+
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -278,17 +352,51 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     # the body waits for the client's delayed ACK, about 40 ms on Linux.
     disable_nagle_algorithm = True
 
+    def setup(self):
+        self.timeout = self.server.socket_timeout
+        super().setup()
+        self.server.connection_opened(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.connection_closed(self.connection)
+
     def do_GET(self):
         self._respond(lambda: handle_get(self.server.repository, self.path))
 
     def do_POST(self):
         self._respond(lambda: handle_post(self.server.repository, self.path, self._read_body()))
 
+    def send_error(self, code, message=None, explain=None):
+        """Send the errors that http.server finds itself (bad request line, other methods, long URL) as JSON."""
+        if code == 501:
+            message = (
+                f"Method {self.command} is not supported. Use GET for model status and metadata, "
+                "and POST for :predict."
+            )
+        text = message or self.responses.get(code, ("Error",))[0]
+        logger.warning("REST %s -> %d: %s", self.requestline or "(no request line)", code, text)
+        self.close_connection = True
+        data = json.dumps({"error": text}).encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
     def _read_body(self):
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
+        length_headers = self.headers.get_all("Content-Length") or []
+        if not length_headers:
             self.close_connection = True
             raise LengthRequired("The request has no Content-Length header; send the JSON body with its length.")
+        if len(set(length_headers)) > 1:
+            self.close_connection = True
+            raise InvalidArgument(f"The request has conflicting Content-Length headers {length_headers}; send one.")
+        length_header = length_headers[0]
         try:
             length = int(length_header)
         except ValueError:
@@ -304,14 +412,26 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                 f"The request body has {length} bytes, more than the limit of {self.server.max_request_bytes}. "
                 "Send fewer rows per request, or start the server with a larger --max-request-bytes."
             )
-        return self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = None
+        if body is None or len(body) < length:
+            # A timeout, or a client that closed its side of the connection early.
+            self.close_connection = True
+            raise RequestTimeout(
+                f"The request body did not arrive: Content-Length announced {length} bytes, and they were not "
+                f"all received within {self.server.socket_timeout:g} s. Send the whole body that Content-Length "
+                "announces."
+            )
+        return body
 
     def _respond(self, compute):
-        self.server.request_started()
+        self.server.request_started(self.connection)
         try:
             self._compute_and_send(compute)
         finally:
-            self.server.request_finished()
+            self.server.request_finished(self.connection)
 
     def _compute_and_send(self, compute):
         try:
@@ -325,6 +445,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         except Exception as error:  # Report unexpected failures to the client, keep serving.
             status, body = 500, {"error": f"Internal error: {type(error).__name__}: {error}"}
             logger.exception("REST %s %s -> 500", self.command, self.path)
+        if self.server.stopping:
+            self.close_connection = True
         data = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

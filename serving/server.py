@@ -8,9 +8,9 @@ import os
 import signal
 import threading
 
-from dgc_tf.serving.grpc_service import build_grpc_server
+from dgc_tf.serving.grpc_service import bind_error, build_grpc_server
 from dgc_tf.serving.repository import ModelRepository
-from dgc_tf.serving.rest import RestServer
+from dgc_tf.serving.rest import DEFAULT_SOCKET_TIMEOUT_SECONDS, RestServer
 
 logger = logging.getLogger("dgc_tf.serving")
 
@@ -36,6 +36,9 @@ class ModelServer:
         poll_seconds: how often to look for new and removed versions.
         max_request_bytes: the largest REST body or gRPC message accepted.
         version_labels: `{model name: {label: version}}`.
+        socket_timeout: seconds a REST connection may wait for the rest of a
+            request, or for the client to read a response. It is also the
+            idle time after which a keep-alive connection is closed.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class ModelServer:
         poll_seconds=DEFAULT_POLL_SECONDS,
         max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
         version_labels=None,
+        socket_timeout=DEFAULT_SOCKET_TIMEOUT_SECONDS,
     ):
         if not os.path.isdir(base_dir):
             raise FileNotFoundError(f"Base directory {base_dir!r} not found.")
@@ -59,6 +63,7 @@ class ModelServer:
         self.requested_ports = (rest_port, grpc_port)
         self.poll_seconds = poll_seconds
         self.max_request_bytes = max_request_bytes
+        self.socket_timeout = socket_timeout
         self.repository = ModelRepository(base_dir, version_labels)
         self.rest_port = None
         self.grpc_port = None
@@ -73,8 +78,19 @@ class ModelServer:
             OSError: a port cannot be bound.
         """
         logger.info("starting: base directory %s", os.path.abspath(self.base_dir))
+        # Loading large models takes long, so a port in use is reported before loading.
+        for api, port in zip(("REST", "gRPC"), self.requested_ports):
+            reason = bind_error(self.host, port) if port else None
+            if reason is not None:
+                raise OSError(f"failed to bind the {api} port {_address(self.host, port)}: {reason}")
         self.repository.refresh()
-        if not self.repository.model_names():
+        served = [name for name in self.repository.model_names() if self.repository.versions(name)]
+        for name in sorted(set(self.repository.model_names()) - set(served)):
+            logger.warning(
+                "model directory %s has no loaded version; expected %s/<version>/saved_model.pb",
+                os.path.join(self.base_dir, name), os.path.join(self.base_dir, name),
+            )
+        if not served:
             logger.warning(
                 "no models under %s yet; expected <name>/<version>/saved_model.pb, and new ones are picked up "
                 "every %.1f s", self.base_dir, self.poll_seconds,
@@ -84,7 +100,9 @@ class ModelServer:
             self.repository, _address(self.host, grpc_port), self.max_request_bytes
         )
         try:
-            self._rest_server = RestServer((self.host, rest_port), self.repository, self.max_request_bytes)
+            self._rest_server = RestServer(
+                (self.host, rest_port), self.repository, self.max_request_bytes, self.socket_timeout
+            )
         except OSError as error:
             grpc_server.stop(None)
             raise OSError(f"failed to bind the REST port {self.host}:{rest_port}: {error.strerror or error}") from None
@@ -98,16 +116,21 @@ class ModelServer:
         self.repository.start_watching(self.poll_seconds)
         logger.info(
             "serving %s: REST on http://%s:%d, gRPC on %s:%d",
-            ", ".join(self.repository.model_names()) or "no models yet",
+            ", ".join(served) or "no models yet",
             self.host, self.rest_port, self.host, self.grpc_port,
         )
         return self
 
     def stop(self):
-        """Stop accepting requests, let running ones finish (up to 5 s each API), and stop the watcher."""
+        """Stop accepting requests, let running ones finish (up to 5 s each API), and stop the watcher.
+
+        Keep-alive REST connections that wait for a request are closed at
+        once; the others are closed after the response to their running request.
+        """
         logger.info("stopping")
         if self._rest_server is not None:
             self._rest_server.shutdown()
+            self._rest_server.close_idle_connections()
             self._rest_server.server_close()
             unfinished = self._rest_server.wait_idle(STOP_GRACE_SECONDS)
             if unfinished:

@@ -24,6 +24,7 @@ import pytest
 import requests
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -252,12 +253,21 @@ REST_BAD_REQUESTS = [
     ("malformed json", "POST", PREDICT_PATH, '{"instances": [[1, 2', 400, "not valid JSON"),
     ("body not an object", "POST", PREDICT_PATH, "[1, 2]", 400, "must be a JSON object"),
     ("wrong width", "POST", PREDICT_PATH, '{"instances": [[1, 2]]}', 400, "must have shape [None, 6]. Received shape [1, 2]"),
-    ("ragged rows", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW, [1.0]]}), 400, "rectangular"),
-    ("NaN value", "POST", PREDICT_PATH, '{"instances": [[NaN, 1, 1, 1, 1, 1]]}', 400, "NaN or infinite"),
+    ("ragged rows", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW, [1.0]]}), 400, "x[0] has 6 values, but x[1] has 1"),
+    ("row mixed with value", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW, 5.0]}), 400, "x[1] is the single value 5.0"),
+    ("NaN value", "POST", PREDICT_PATH, '{"instances": [[1, 1, 1, 1, 1, 1], [1, NaN, 1, 1, 1, 1]]}', 400, "such as nan at x[1][1]"),
+    ("Infinity literal", "POST", PREDICT_PATH, '{"instances": [[1, 1, 1, 1, 1, -Infinity]]}', 400, "such as -inf at x[0][5]"),
     ("infinite value", "POST", PREDICT_PATH, '{"instances": [[1e999, 1, 1, 1, 1, 1]]}', 400, "NaN or infinite"),
     ("beyond float32", "POST", PREDICT_PATH, '{"instances": [[1e300, 1, 1, 1, 1, 1]]}', 400, "beyond the float32 range"),
-    ("text features", "POST", PREDICT_PATH, json.dumps({"instances": [["a"] * NUM_FEATURES]}), 400, "must contain numbers"),
-    ("no rows", "POST", PREDICT_PATH, '{"inputs": {"x": []}}', 400, "must have shape"),
+    ("text features", "POST", PREDICT_PATH, json.dumps({"instances": [["a"] * NUM_FEATURES]}), 400, 'x[0][0] is "a". Send numbers'),
+    ("number as text", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW[:5] + ["1.5"]]}), 400, 'x[0][5] is "1.5"'),
+    ("null value", "POST", PREDICT_PATH, json.dumps({"instances": [[None] + GOOD_ROW[1:]]}), 400, "x[0][0] is null"),
+    ("boolean value", "POST", PREDICT_PATH, json.dumps({"instances": [[True] * NUM_FEATURES]}), 400, "x[0][0] is true"),
+    ("integer beyond float64", "POST", PREDICT_PATH, json.dumps({"instances": [[10**400] + GOOD_ROW[1:]]}), 400, "beyond the float32 range"),
+    ("integer too long to parse", "POST", PREDICT_PATH, '{"instances": [[' + "9" * 5000 + "]]}", 400, "too long to parse"),
+    ("deeply nested JSON", "POST", PREDICT_PATH, '{"instances": ' + "[" * 20000 + "]" * 20000 + "}", 400, "nests JSON arrays"),
+    ("no rows", "POST", PREDICT_PATH, '{"inputs": {"x": []}}', 400, "has no rows; send at least one row of shape [6]"),
+    ("no instances", "POST", PREDICT_PATH, '{"instances": []}', 400, "non-empty list"),
     ("unknown signature", "POST", PREDICT_PATH, json.dumps({"signature_name": "nope", "instances": [GOOD_ROW]}), 400, "Signature 'nope' not found"),
     ("signature name not text", "POST", PREDICT_PATH, '{"signature_name": 7, "instances": []}', 400, "'signature_name' must be a string"),
     ("both formats", "POST", PREDICT_PATH, json.dumps({"instances": [GOOD_ROW], "inputs": [GOOD_ROW]}), 400, "exactly one of"),
@@ -265,7 +275,9 @@ REST_BAD_REQUESTS = [
     ("unknown input name", "POST", PREDICT_PATH, json.dumps({"inputs": {"q": [GOOD_ROW]}}), 400, "takes the inputs ['x']"),
     ("missing label input", "POST", PREDICT_PATH, json.dumps({"signature_name": "cluster_labeled", "instances": [{"x": GOOD_ROW}]}), 400, "has the keys ['x']"),
     ("unseen label", "POST", PREDICT_PATH, json.dumps({"signature_name": "cluster_labeled", "instances": [{"x": GOOD_ROW, "y": "dog"}]}), 400, "not trained on"),
+    ("number as label", "POST", PREDICT_PATH, json.dumps({"signature_name": "cluster_labeled", "instances": [{"x": GOOD_ROW, "y": 3}]}), 400, "y[0] is 3"),
     ("prior in row format", "POST", PREDICT_PATH, json.dumps({"signature_name": "prior", "instances": [GOOD_ROW]}), 400, "columnar format"),
+    ("prior with input list", "POST", PREDICT_PATH, json.dumps({"signature_name": "prior", "inputs": []}), 400, "must be an empty object {}"),
     ("unknown model", "POST", "/v1/models/nope:predict", json.dumps({"instances": [GOOD_ROW]}), 404, "Model 'nope' not found"),
     ("unknown version", "POST", f"/v1/models/{MODEL}/versions/9:predict", json.dumps({"instances": [GOOD_ROW]}), 404, "Version 9 of model 'dgc' not found"),
     ("unknown model status", "GET", "/v1/models/nope", None, 404, "Model 'nope' not found"),
@@ -305,6 +317,66 @@ def test_rest_request_without_length(server):
 
     assert reply.startswith("HTTP/1.1 411")
     assert "no Content-Length header" in reply
+
+
+def raw_http_exchange(port, data):
+    """Send raw bytes and return the reply text; the server closes the connection after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(data)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def read_one_response(connection):
+    """Read one HTTP response with a Content-Length from a connection that stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+    while len(body) < length:
+        body += connection.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode()
+
+
+@pytest.mark.parametrize(
+    "request_text, status, message",
+    [
+        (f"PUT {PREDICT_PATH} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}", 501, "Method PUT is not supported"),
+        ("DELETE /v1/models/dgc HTTP/1.1\r\n\r\n", 501, "Use GET for model status and metadata"),
+        ("GET /v1/models/dgc HTTP/1.1\r\n" + "X-Filler: 1\r\n" * 150 + "\r\n", 431, "Too many headers"),
+        (
+            f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{{}}",
+            400, "conflicting Content-Length headers ['2', '40']",
+        ),
+    ],
+    ids=["PUT", "DELETE", "too many headers", "two Content-Length headers"],
+)
+def test_rest_protocol_error_is_json(server, request_text, status, message):
+    reply = raw_http_exchange(server.rest_port, request_text.encode())
+    head, _, body = reply.partition("\r\n\r\n")
+
+    assert head.startswith(f"HTTP/1.1 {status} "), reply
+    assert "Content-Type: application/json" in head
+    assert message in json.loads(body)["error"]
+
+
+def test_rest_malformed_request_line_is_json(server):
+    # Without "HTTP/1.x" the request counts as HTTP/0.9, whose replies have no status line or headers.
+    reply = raw_http_exchange(server.rest_port, b"hello\r\n\r\n")
+
+    assert "Bad request syntax" in json.loads(reply)["error"]
+
+
+def test_rest_large_integer_converted(rest_url, trained):
+    row = [10**30] + trained["x"][0, 1:].tolist()
+
+    response = requests.post(f"{rest_url}{PREDICT_PATH}", json={"instances": [row]}, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["cluster"] in range(NUM_CLUSTERS)
 
 
 def test_rest_error_logged_with_model_and_version(rest_url, caplog):
@@ -419,6 +491,18 @@ def _set_tensor(request, name, array):
     request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
 
 
+def _set_float_proto(request, sizes, unknown_rank=False, values=(), content=b""):
+    """Set input x to a hand-built DT_FLOAT TensorProto, as a client in another language may send."""
+    proto = request.inputs["x"]
+    proto.Clear()
+    proto.dtype = tf.float32.as_datatype_enum
+    proto.tensor_shape.unknown_rank = unknown_rank
+    for size in sizes:
+        proto.tensor_shape.dim.add(size=size)
+    proto.float_val.extend(values)
+    proto.tensor_content = content
+
+
 GRPC_BAD_REQUESTS = [
     # (case, request change, status code, message part)
     ("unknown model", lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, "Model 'nope' not found"),
@@ -430,6 +514,14 @@ GRPC_BAD_REQUESTS = [
     ("unknown input", lambda r: _set_tensor(r, "q", np.ones((2, NUM_FEATURES), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "no inputs named ['q']"),
     ("unknown output filter", lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT, "output_filter names outputs ['nope']"),
     ("too large", lambda r: _set_tensor(r, "x", np.ones((5000, NUM_FEATURES), np.float32)), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+    ("float64 input", lambda r: _set_tensor(r, "x", np.ones((2, NUM_FEATURES))), grpc.StatusCode.INVALID_ARGUMENT, "has dtype DT_DOUBLE, but the signature expects DT_FLOAT"),
+    ("int input", lambda r: _set_tensor(r, "x", np.ones((2, NUM_FEATURES), np.int64)), grpc.StatusCode.INVALID_ARGUMENT, "has dtype DT_INT64"),
+    ("no rows", lambda r: _set_tensor(r, "x", np.ones((0, NUM_FEATURES), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "has no rows"),
+    # One value fills the whole shape, so a 30-byte message would decode to 24 TB.
+    ("huge filled shape", lambda r: _set_float_proto(r, [10**12, NUM_FEATURES], values=[1.0]), grpc.StatusCode.RESOURCE_EXHAUSTED, "more than the limit of 100000"),
+    ("unknown rank", lambda r: _set_float_proto(r, [], unknown_rank=True, values=[1.0]), grpc.StatusCode.INVALID_ARGUMENT, "needs a known rank"),
+    ("negative size", lambda r: _set_float_proto(r, [-1, NUM_FEATURES]), grpc.StatusCode.INVALID_ARGUMENT, "shape [-1, 6]"),
+    ("short tensor_content", lambda r: _set_float_proto(r, [1, NUM_FEATURES], content=b"\0" * 7), grpc.StatusCode.INVALID_ARGUMENT, "7 bytes of tensor_content, but shape [1, 6] of DT_FLOAT takes 24"),
 ]
 
 
@@ -444,6 +536,15 @@ def test_grpc_bad_request(stub, trained, mutate, code, message):
 
     assert raised.value.code() == code
     assert message in raised.value.details()
+
+
+def test_grpc_classify_unimplemented(stub):
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Classify(classification_pb2.ClassificationRequest(), timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Classify is not supported" in raised.value.details()
+    assert "Call Predict instead" in raised.value.details()
 
 
 def test_grpc_metadata_without_field_rejected(stub):
@@ -490,12 +591,17 @@ def test_concurrent_clients(rest_url, stub, trained):
 # ---------------------------------------------------------------------- versions
 
 
+PRIVATE_SOCKET_TIMEOUT = 1.0
+
+
 @pytest.fixture
 def private_server(trained, tmp_path):
     """A server on its own copy of the export, so tests can add and remove versions."""
     base_dir = tmp_path / "exports"
     shutil.copytree(os.path.join(trained["base_dir"], MODEL, "1"), base_dir / MODEL / "1")
-    model_server = ModelServer(str(base_dir), rest_port=0, grpc_port=0, poll_seconds=0.2).start()
+    model_server = ModelServer(
+        str(base_dir), rest_port=0, grpc_port=0, poll_seconds=0.2, socket_timeout=PRIVATE_SOCKET_TIMEOUT
+    ).start()
     yield model_server, base_dir / MODEL
     model_server.stop()
 
@@ -554,6 +660,69 @@ def test_broken_version_logged_and_skipped(private_server, trained, caplog):
     assert any("failed to load model dgc version 3" in record.getMessage() for record in caplog.records)
 
 
+def test_version_retried_when_files_complete(private_server, trained):
+    # A plain `cp -r` writes saved_model.pb before the variables, so the first load may fail.
+    model_server, model_dir = private_server
+    url = f"http://127.0.0.1:{model_server.rest_port}"
+    late = model_dir / "2"
+    late.mkdir()
+    shutil.copy(model_dir / "1" / "saved_model.pb", late / "saved_model.pb")
+    wait_for(lambda: served_versions(url).get("2") == "END", message="version 2 to fail")
+    missing = requests.post(f"{url}/v1/models/{MODEL}/versions/2:predict", json={"instances": [GOOD_ROW]}, timeout=30)
+
+    shutil.copytree(model_dir / "1" / "variables", late / "variables")
+    wait_for(lambda: served_versions(url).get("2") == "AVAILABLE", message="version 2 to load after its variables")
+
+    assert missing.status_code == 404
+    assert "Version 2 of model 'dgc' failed to load" in missing.json()["error"]
+
+
+def test_rest_body_timeout_returns_408(private_server):
+    model_server, _ = private_server
+    started = time.monotonic()
+
+    reply = raw_http_exchange(
+        model_server.rest_port, f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{}}".encode()
+    )
+    seconds = time.monotonic() - started
+    head, _, body = reply.partition("\r\n\r\n")
+
+    assert head.startswith("HTTP/1.1 408 "), reply
+    assert "Content-Length announced 100 bytes" in json.loads(body)["error"]
+    assert seconds < PRIVATE_SOCKET_TIMEOUT + 10
+
+
+def test_stop_finishes_running_request_and_closes_idle(private_server, trained):
+    model_server, _ = private_server
+    body = json.dumps({"instances": trained["x"][:1].tolist()}).encode()
+    headers = f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", model_server.rest_port), timeout=30) as idle, \
+            socket.create_connection(("127.0.0.1", model_server.rest_port), timeout=30) as running:
+        # The idle connection gets one response and stays open (keep-alive).
+        idle.sendall(headers + body)
+        assert read_one_response(idle).startswith("HTTP/1.1 200 ")
+        # The running request has its headers and half of its body sent when the stop begins.
+        running.sendall(headers + body[:10])
+        rest_server = model_server._rest_server
+        wait_for(lambda: rest_server._active_requests == 1, message="the request to start")
+        stopper = threading.Thread(target=model_server.stop)
+        stopper.start()
+        wait_for(lambda: rest_server.stopping, message="the stop to begin")
+        running.sendall(body[10:])
+        reply = b""
+        while chunk := running.recv(65536):
+            reply += chunk
+        idle_data = idle.recv(65536)
+        stopper.join(timeout=30)
+
+    head, _, reply_body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200 "), reply
+    assert "Connection: close" in head
+    assert json.loads(reply_body)["predictions"][0]["cluster"] == int(trained["expected"]["cluster"][0])
+    assert idle_data == b""
+    assert not stopper.is_alive()
+
+
 # ---------------------------------------------------------------------- command line
 
 
@@ -569,6 +738,14 @@ def test_cli_serve_missing_base_dir(tmp_path):
         f"dgc-tf serve: error: Base directory {str(tmp_path / 'missing')!r} not found. "
         "Pass the --out folder of 'dgc-tf export'."
     ]
+
+
+def test_cli_serve_version_dir_rejected(trained):
+    result = run_cli("serve", trained["path"])
+
+    assert result.returncode == 2
+    assert "contains saved_model.pb, so it is a version directory" in result.stderr
+    assert repr(trained["base_dir"]) in result.stderr
 
 
 def test_cli_serve_model_dir_rejected(trained):
@@ -594,17 +771,21 @@ def test_cli_serve_bad_option(trained, arguments, message):
     assert message in result.stderr
 
 
-def test_cli_serve_port_in_use(trained):
+@pytest.mark.parametrize("api, option", [("REST", "--rest-port"), ("gRPC", "--grpc-port")])
+def test_cli_serve_port_in_use(trained, api, option):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        other = "--grpc-port" if option == "--rest-port" else "--rest-port"
 
-        result = run_cli("serve", trained["base_dir"], "--rest-port", str(port), "--grpc-port", "0")
+        result = run_cli("serve", trained["base_dir"], option, str(port), other, "0")
 
     assert result.returncode == 2
-    assert f"dgc-tf serve: error: failed to bind the REST port 127.0.0.1:{port}" in result.stderr
-    assert "Choose free ports with --rest-port and --grpc-port." in result.stderr
+    assert f"dgc-tf serve: error: failed to bind the {api} port 127.0.0.1:{port}: Address already in use." in result.stderr
+    assert "Choose free ports with --rest-port and --grpc-port" in result.stderr
+    # The ports are checked before the models load, which takes long for large models.
+    assert "loading model" not in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -587,6 +587,12 @@ def run_export(args):
 def run_serve(args):
     if not os.path.isdir(args.base_dir):
         raise DataError(f"Base directory {args.base_dir!r} not found. Pass the --out folder of 'dgc-tf export'.")
+    if os.path.isfile(os.path.join(args.base_dir, "saved_model.pb")):
+        model_dir = os.path.dirname(os.path.abspath(args.base_dir))
+        raise DataError(
+            f"{args.base_dir!r} contains saved_model.pb, so it is a version directory. Pass the directory above "
+            f"its model directory, {os.path.dirname(model_dir)!r}: the server serves every model under BASE_DIR."
+        )
     if any(entry.isdigit() for entry in os.listdir(args.base_dir)):
         raise DataError(
             f"{args.base_dir!r} contains version folders, so it is a model directory. Pass its parent "
@@ -611,7 +617,9 @@ def run_serve(args):
             poll_seconds=args.poll_seconds, max_request_bytes=args.max_request_bytes, version_labels=labels,
         )
     except OSError as error:
-        raise DataError(f"{error}. Choose free ports with --rest-port and --grpc-port.") from None
+        raise DataError(
+            f"{str(error).rstrip('.')}. Choose free ports with --rest-port and --grpc-port, or check --host."
+        ) from None
     return 0
 
 
