@@ -281,6 +281,12 @@ def _epochs(record):
     return "–" if record.get("epochs") is None else str(record["epochs"])
 
 
+def _seed_list(records):
+    """Return the number of seeds and the seeds themselves, e.g. `3 (10, 11, 12)`."""
+    seeds = sorted({record["seed"] for record in records})
+    return f"{len(seeds)} ({', '.join(str(seed) for seed in seeds)})"
+
+
 def experiment_section(experiment, records, run_dir, figure_dir, figure_link, plt):
     """Return the Markdown lines of one experiment and write its plots."""
     title = EXPERIMENTS[experiment]["title"] if experiment in EXPERIMENTS else experiment
@@ -308,7 +314,7 @@ def experiment_section(experiment, records, run_dir, figure_dir, figure_link, pl
         seconds = np.mean([record["seconds"] for record in model_records])
         memory = max(record["peak_rss_mb"] for record in model_records)
         cells = [model] + [format_summary(metric_values(model_records, key)) for key, _ in columns] + [
-            str(len(model_records)),
+            _seed_list(model_records),
             _epochs(first),
             "–" if first.get("n_init") is None else str(first["n_init"]),
             f"{seconds:.0f}",
