@@ -51,6 +51,10 @@ class RequestTimeout(ServingError):
 # client to read a response, before the server closes it. It is also the idle
 # time after which a keep-alive connection is closed.
 DEFAULT_SOCKET_TIMEOUT_SECONDS = 60.0
+# Seconds spent reading and discarding a rejected body after the error reply.
+# Closing a socket with unread data resets the connection, and the client may
+# then lose the reply before reading it.
+DISCARD_SECONDS = 2.0
 
 
 # ---------------------------------------------------------------------- request handling
@@ -392,6 +396,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         length_headers = self.headers.get_all("Content-Length") or []
         if not length_headers:
             self.close_connection = True
+            self._unread_bytes = self.server.max_request_bytes  # A chunked body of unknown size may follow.
             raise LengthRequired("The request has no Content-Length header; send the JSON body with its length.")
         if len(set(length_headers)) > 1:
             self.close_connection = True
@@ -406,8 +411,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise InvalidArgument(f"Invalid Content-Length header {length_header!r}.")
         if length > self.server.max_request_bytes:
-            # The body stays unread, so the connection cannot be reused.
+            # The body is discarded after the reply, and the connection cannot be reused.
             self.close_connection = True
+            self._unread_bytes = length
             raise PayloadTooLarge(
                 f"The request body has {length} bytes, more than the limit of {self.server.max_request_bytes}. "
                 "Send fewer rows per request, or start the server with a larger --max-request-bytes."
@@ -428,10 +434,28 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
     def _respond(self, compute):
         self.server.request_started(self.connection)
+        self._unread_bytes = 0
         try:
             self._compute_and_send(compute)
+            if self._unread_bytes:
+                self._discard_body(self._unread_bytes)
         finally:
             self.server.request_finished(self.connection)
+
+    def _discard_body(self, length):
+        """Read and drop up to `length` bytes for up to DISCARD_SECONDS, so the client can read the reply."""
+        self.wfile.flush()
+        deadline = time.monotonic() + DISCARD_SECONDS
+        self.connection.settimeout(DISCARD_SECONDS)
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while length > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(length, 1 << 20))
+                if not chunk:
+                    break
+                length -= len(chunk)
+        except OSError as error:  # Includes timeouts; the reply is already sent.
+            logger.debug("REST %s: stopped discarding a rejected body: %s", self.address_string(), error)
 
     def _compute_and_send(self, compute):
         try:

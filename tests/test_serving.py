@@ -5,6 +5,7 @@ time, through `requests` for REST and TF Serving's own `PredictionServiceStub`
 for gRPC.
 """
 
+import http.client
 import json
 import logging
 import os
@@ -377,6 +378,21 @@ def test_rest_large_integer_converted(rest_url, trained):
 
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["cluster"] in range(NUM_CLUSTERS)
+
+
+def test_rest_oversized_body_gets_413_reply(server):
+    # http.client sends the whole body before it reads the reply. If the server closed the
+    # connection with the body unread, the client would get a reset instead of the 413.
+    body = b'{"instances": [' + b"[1, 2, 3, 4, 5, 6], " * 1_000_000 + b"[1, 2, 3, 4, 5, 6]]}"
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+
+    connection.request("POST", PREDICT_PATH, body=body)
+    response = connection.getresponse()
+    reply = json.loads(response.read())
+    connection.close()
+
+    assert response.status == 413
+    assert f"The request body has {len(body)} bytes" in reply["error"]
 
 
 def test_rest_error_logged_with_model_and_version(rest_url, caplog):
