@@ -22,10 +22,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from dgc_tf.serving.errors import InvalidArgument, ResourceExhausted, ServingError
+from dgc_tf.serving.errors import InvalidArgument, RejectionLog, ResourceExhausted, ServingError
 from dgc_tf.serving.servable import dtype_name
 
 logger = logging.getLogger("dgc_tf.serving")
+rejection_log = RejectionLog(logger)
 
 SIGNATURE_DEF_FIELD = "signature_def"
 # The tensorflow.error.Code enum of StatusProto.error_code.
@@ -40,8 +41,8 @@ def _rpc(method):
         try:
             return method(self, request, context)
         except ServingError as error:
-            logger.warning(
-                "gRPC %s (model %s, version %s) -> %s: %s",
+            rejection_log.warning(
+                str(error), "gRPC %s (model %s, version %s) -> %s: %s",
                 method.__name__, error.model or request.model_spec.name, error.version or "-",
                 error.grpc_code.name, error,
             )
@@ -107,7 +108,7 @@ def _unimplemented(method_name, reason):
     """Return a servicer method that rejects every call with UNIMPLEMENTED and `reason`."""
 
     def method(self, request, context):
-        logger.warning("gRPC %s -> UNIMPLEMENTED", method_name)
+        rejection_log.warning(method_name, "gRPC %s -> UNIMPLEMENTED", method_name)
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method_name} is not supported: {reason}")
 
     method.__name__ = method_name

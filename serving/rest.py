@@ -25,9 +25,10 @@ import time
 import numpy as np
 from google.protobuf import json_format
 
-from dgc_tf.serving.errors import InvalidArgument, NotFound, ServingError
+from dgc_tf.serving.errors import InvalidArgument, NotFound, RejectionLog, ServingError
 
 logger = logging.getLogger("dgc_tf.serving")
+rejection_log = RejectionLog(logger)
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -381,7 +382,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                 "and POST for :predict."
             )
         text = message or self.responses.get(code, ("Error",))[0]
-        logger.warning("REST %s -> %d: %s", self.requestline or "(no request line)", code, text)
+        rejection_log.warning(text, "REST %s -> %d: %s", self.requestline or "(no request line)", code, text)
         self.close_connection = True
         data = json.dumps({"error": text}).encode("utf-8")
         self.send_response(code)
@@ -462,8 +463,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             status, body = 200, compute()
         except ServingError as error:
             status, body = error.http_status, {"error": str(error)}
-            logger.warning(
-                "REST %s %s (model %s, version %s) -> %d: %s",
+            rejection_log.warning(
+                str(error), "REST %s %s (model %s, version %s) -> %d: %s",
                 self.command, self.path, error.model or "-", error.version or "-", status, error,
             )
         except Exception as error:  # Report unexpected failures to the client, keep serving.

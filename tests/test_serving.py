@@ -36,6 +36,7 @@ from tensorflow_serving.apis import (
 import dgc_tf
 from dgc_tf.export import export_model
 from dgc_tf.serving.client import GrpcClient, RestClient
+from dgc_tf.serving.errors import RejectionLog
 from dgc_tf.serving.server import ModelServer
 
 NUM_ROWS = 240
@@ -403,6 +404,35 @@ def test_rest_error_logged_with_model_and_version(rest_url, caplog):
 
     messages = [record.getMessage() for record in caplog.records]
     assert any("model dgc, version 1" in text and "-> 400" in text for text in messages), messages
+
+
+def test_rest_repeated_errors_rate_limited(rest_url, caplog):
+    body = {"instances": [["flood"] * NUM_FEATURES]}
+
+    with caplog.at_level(logging.WARNING, logger="dgc_tf.serving"):
+        for _ in range(20):
+            requests.post(f"{rest_url}{PREDICT_PATH}", json=body, timeout=30)
+
+    logged = [record for record in caplog.records if '"flood"' in record.getMessage()]
+    assert 1 <= len(logged) <= 5
+
+
+def test_rejection_log_reports_dropped_lines(caplog):
+    test_logger = logging.getLogger("dgc_tf.serving.test_rejection_log")
+    rejection_log = RejectionLog(test_logger, per_message=2, total=3, window_seconds=0.5)
+
+    with caplog.at_level(logging.WARNING, logger=test_logger.name):
+        for index in range(6):
+            rejection_log.warning("same", "same error %d", index)
+        rejection_log.warning("other", "other error")
+        time.sleep(0.6)
+        rejection_log.warning("same", "same error after the window")
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[:3] == ["same error 0", "same error 1", "other error"]
+    assert messages[3].startswith("dropped 4 log lines of rejected requests")
+    assert messages[4] == "same error after the window"
+    assert len(messages) == 5
 
 
 def test_rest_client_casts_and_matches(rest_url, trained):
