@@ -290,18 +290,20 @@ class RestServer(http.server.ThreadingHTTPServer):
         self.socket_timeout = socket_timeout
         self.stopping = False
         self._active_requests = 0
-        self._connections = set()
+        # Open connections and the number of requests each has finished.
+        self._connections = {}
         self._busy_connections = set()
         self._idle = threading.Condition()
         super().__init__(address, RestHandler)
 
     def connection_opened(self, connection):
         with self._idle:
-            self._connections.add(connection)
+            self._connections.setdefault(connection, 0)
 
     def connection_closed(self, connection):
         with self._idle:
-            self._connections.discard(connection)
+            self._connections.pop(connection, None)
+            self._idle.notify_all()
 
     def request_started(self, connection):
         with self._idle:
@@ -312,34 +314,58 @@ class RestServer(http.server.ThreadingHTTPServer):
         with self._idle:
             self._active_requests -= 1
             self._busy_connections.discard(connection)
+            if connection in self._connections:
+                self._connections[connection] += 1
             self._idle.notify_all()
 
-    def close_idle_connections(self):
-        """Mark the server as stopping and close the keep-alive connections that wait for a request.
+    def begin_stop(self):
+        """Mark the server as stopping, close idle keep-alive connections and take the queued ones.
 
-        Connections with a request in progress get its response with
-        `Connection: close` and are closed after it.
+        Call after `shutdown`. Keep-alive connections that wait for their next
+        request are closed. Connections in the listen backlog are accepted,
+        because closing the listening socket would reset them, and their
+        first request gets a reply. Every connection that is still open gets
+        `Connection: close` with its next response.
         """
         with self._idle:
             self.stopping = True
-            idle = self._connections - self._busy_connections
+            idle = [
+                connection for connection, finished in self._connections.items()
+                if finished and connection not in self._busy_connections
+            ]
         for connection in idle:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # Already closed by the client.
+        self._accept_queued()
+
+    def _accept_queued(self):
+        self.socket.setblocking(False)
+        while True:
+            try:
+                connection, client_address = self.socket.accept()
+            except OSError:  # BlockingIOError once the backlog is empty.
+                return
+            connection.setblocking(True)
+            self.connection_opened(connection)
+            self.process_request(connection, client_address)
 
     def wait_idle(self, timeout):
-        """Wait up to `timeout` seconds for the requests in progress; return how many are left.
+        """Wait up to `timeout` seconds for running requests and for new connections' first requests.
 
-        Handler threads are daemon threads, so idle keep-alive connections
-        never delay the exit, and this wait covers the requests in progress.
+        Return the number of those still unfinished. Handler threads are
+        daemon threads, so they never delay the exit after this wait.
         """
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._active_requests and time.monotonic() < deadline:
+            while self._unfinished() and time.monotonic() < deadline:
                 self._idle.wait(deadline - time.monotonic())
-            return self._active_requests
+            return self._unfinished()
+
+    def _unfinished(self):
+        waiting = [connection for connection, finished in self._connections.items() if not finished]
+        return len(set(waiting) | self._busy_connections)
 
     def handle_error(self, request, client_address):
         """Log a failed connection in one line; a client that disconnects or times out is not an error."""

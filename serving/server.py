@@ -125,12 +125,13 @@ class ModelServer:
         """Stop accepting requests, let running ones finish (up to 5 s each API), and stop the watcher.
 
         Keep-alive REST connections that wait for a request are closed at
-        once; the others are closed after the response to their running request.
+        once. The others, and those still queued for accept, are closed after
+        the response to their running or first request.
         """
         logger.info("stopping")
         if self._rest_server is not None:
             self._rest_server.shutdown()
-            self._rest_server.close_idle_connections()
+            self._rest_server.begin_stop()
             self._rest_server.server_close()
             unfinished = self._rest_server.wait_idle(STOP_GRACE_SECONDS)
             if unfinished:

@@ -769,6 +769,25 @@ def test_stop_finishes_running_request_and_closes_idle(private_server, trained):
     assert not stopper.is_alive()
 
 
+def test_stop_replies_to_queued_connection(private_server, trained):
+    model_server, _ = private_server
+    body = json.dumps({"instances": trained["x"][:1].tolist()}).encode()
+    # With the accept loop ended, a new connection waits in the listen backlog, as during a stop.
+    model_server._rest_server.shutdown()
+
+    with socket.create_connection(("127.0.0.1", model_server.rest_port), timeout=30) as queued:
+        queued.sendall(f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        model_server.stop()
+        reply = b""
+        while chunk := queued.recv(65536):
+            reply += chunk
+
+    head, _, reply_body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200 "), reply
+    assert "Connection: close" in head
+    assert json.loads(reply_body)["predictions"][0]["cluster"] == int(trained["expected"]["cluster"][0])
+
+
 # ---------------------------------------------------------------------- command line
 
 
