@@ -90,6 +90,14 @@ class ModelServer:
                 "model directory %s has no loaded version; expected %s/<version>/saved_model.pb",
                 os.path.join(self.base_dir, name), os.path.join(self.base_dir, name),
             )
+        for name, labels in sorted(self.repository.version_labels.items()):
+            loaded = self.repository.versions(name) if name in served else []
+            for label, version in sorted(labels.items()):
+                if version not in loaded:
+                    logger.warning(
+                        "version label %s:%s names version %d, which is not loaded (loaded: %s); requests with "
+                        "the label return 404 until it loads", name, label, version, loaded or "none",
+                    )
         if not served:
             logger.warning(
                 "no models under %s yet; expected <name>/<version>/saved_model.pb, and new ones are picked up "

@@ -706,6 +706,18 @@ def test_broken_version_logged_and_skipped(private_server, trained, caplog):
     assert any("failed to load model dgc version 3" in record.getMessage() for record in caplog.records)
 
 
+def test_unloaded_version_label_logged(trained, caplog):
+    labels = {MODEL: {"canary": 7, "stable": 1}, "absent": {"stable": 1}}
+
+    with caplog.at_level(logging.WARNING, logger="dgc_tf.serving"):
+        ModelServer(trained["base_dir"], rest_port=0, grpc_port=0, version_labels=labels).start().stop()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("version label dgc:canary names version 7, which is not loaded (loaded: [1])" in text for text in messages)
+    assert any("version label absent:stable names version 1, which is not loaded (loaded: none)" in text for text in messages)
+    assert not any("dgc:stable" in text for text in messages)
+
+
 def test_version_retried_when_files_complete(private_server, trained):
     # A plain `cp -r` writes saved_model.pb before the variables, so the first load may fail.
     model_server, model_dir = private_server
