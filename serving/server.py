@@ -78,31 +78,9 @@ class ModelServer:
             OSError: a port cannot be bound.
         """
         logger.info("starting: base directory %s", os.path.abspath(self.base_dir))
-        # Loading large models takes long, so a port in use is reported before loading.
-        for api, port in zip(("REST", "gRPC"), self.requested_ports):
-            reason = bind_error(self.host, port) if port else None
-            if reason is not None:
-                raise OSError(f"failed to bind the {api} port {_address(self.host, port)}: {reason}")
+        self._check_ports()
         self.repository.refresh()
-        served = [name for name in self.repository.model_names() if self.repository.versions(name)]
-        for name in sorted(set(self.repository.model_names()) - set(served)):
-            logger.warning(
-                "model directory %s has no loaded version; expected %s/<version>/saved_model.pb",
-                os.path.join(self.base_dir, name), os.path.join(self.base_dir, name),
-            )
-        for name, labels in sorted(self.repository.version_labels.items()):
-            loaded = self.repository.versions(name) if name in served else []
-            for label, version in sorted(labels.items()):
-                if version not in loaded:
-                    logger.warning(
-                        "version label %s:%s names version %d, which is not loaded (loaded: %s); requests with "
-                        "the label return 404 until it loads", name, label, version, loaded or "none",
-                    )
-        if not served:
-            logger.warning(
-                "no models under %s yet; expected <name>/<version>/saved_model.pb, and new ones are picked up "
-                "every %.1f s", self.base_dir, self.poll_seconds,
-            )
+        served = self._warn_about_missing_versions()
         rest_port, grpc_port = self.requested_ports
         grpc_server, self.grpc_port = build_grpc_server(
             self.repository, _address(self.host, grpc_port), self.max_request_bytes
@@ -128,6 +106,36 @@ class ModelServer:
             self.host, self.rest_port, self.host, self.grpc_port,
         )
         return self
+
+    def _check_ports(self):
+        """Raise OSError for a requested port that is in use. Loading large models takes long, so this comes first."""
+        for api, port in zip(("REST", "gRPC"), self.requested_ports):
+            reason = bind_error(self.host, port) if port else None
+            if reason is not None:
+                raise OSError(f"failed to bind the {api} port {_address(self.host, port)}: {reason}")
+
+    def _warn_about_missing_versions(self):
+        """Log model directories without a loaded version and labels of unloaded versions; return the served models."""
+        served = [name for name in self.repository.model_names() if self.repository.versions(name)]
+        for name in sorted(set(self.repository.model_names()) - set(served)):
+            logger.warning(
+                "model directory %s has no loaded version; expected %s/<version>/saved_model.pb",
+                os.path.join(self.base_dir, name), os.path.join(self.base_dir, name),
+            )
+        for name, labels in sorted(self.repository.version_labels.items()):
+            loaded = self.repository.versions(name) if name in served else []
+            for label, version in sorted(labels.items()):
+                if version not in loaded:
+                    logger.warning(
+                        "version label %s:%s names version %d, which is not loaded (loaded: %s); requests with "
+                        "the label return 404 until it loads", name, label, version, loaded or "none",
+                    )
+        if not served:
+            logger.warning(
+                "no models under %s yet; expected <name>/<version>/saved_model.pb, and new ones are picked up "
+                "every %.1f s", self.base_dir, self.poll_seconds,
+            )
+        return served
 
     def stop(self):
         """Stop accepting requests, let running ones finish (up to 5 s each API), and stop the watcher.
