@@ -294,6 +294,8 @@ class RestServer(http.server.ThreadingHTTPServer):
         self._connections = {}
         self._busy_connections = set()
         self._idle = threading.Condition()
+        # TCPServer binds IPv4 unless told otherwise, so an IPv6 host such as ::1 needs its family.
+        self.address_family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0][0]
         super().__init__(address, RestHandler)
 
     def connection_opened(self, connection):

@@ -91,7 +91,9 @@ class ModelServer:
             )
         except OSError as error:
             grpc_server.stop(None)
-            raise OSError(f"failed to bind the REST port {self.host}:{rest_port}: {error.strerror or error}") from None
+            raise OSError(
+                f"failed to bind the REST port {_address(self.host, rest_port)}: {error.strerror or error}"
+            ) from None
         self.rest_port = self._rest_server.server_address[1]
         self._grpc_server = grpc_server
         self._grpc_server.start()
@@ -101,9 +103,9 @@ class ModelServer:
         self._rest_thread.start()
         self.repository.start_watching(self.poll_seconds)
         logger.info(
-            "serving %s: REST on http://%s:%d, gRPC on %s:%d",
+            "serving %s: REST on http://%s, gRPC on %s",
             ", ".join(served) or "no models yet",
-            self.host, self.rest_port, self.host, self.grpc_port,
+            _address(self.host, self.rest_port), _address(self.host, self.grpc_port),
         )
         return self
 

@@ -706,6 +706,18 @@ def test_broken_version_logged_and_skipped(private_server, trained, caplog):
     assert any("failed to load model dgc version 3" in record.getMessage() for record in caplog.records)
 
 
+def test_server_on_ipv6_loopback(trained):
+    with ModelServer(trained["base_dir"], host="::1", rest_port=0, grpc_port=0) as model_server:
+        rest = requests.get(f"http://[::1]:{model_server.rest_port}/v1/models/{MODEL}", timeout=30)
+        with grpc.insecure_channel(f"[::1]:{model_server.grpc_port}") as grpc_channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel).Predict(
+                predict_request(trained["x"][:1]), timeout=30
+            )
+
+    assert rest.status_code == 200, rest.text
+    assert response.outputs["cluster"].int64_val[0] == int(trained["expected"]["cluster"][0])
+
+
 def test_unloaded_version_label_logged(trained, caplog):
     labels = {MODEL: {"canary": 7, "stable": 1}, "absent": {"stable": 1}}
 
