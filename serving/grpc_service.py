@@ -54,11 +54,14 @@ def _rpc(method):
     return wrapper
 
 
+_EMPTY_NAME_MESSAGE = "model_spec.name is empty; set it to the model's directory name."
+
+
 def _requested_servable(repository, model_spec):
     version = model_spec.version.value if model_spec.HasField("version") else None
     label = model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else None
     if not model_spec.name:
-        raise InvalidArgument("model_spec.name is empty; set it to the model's directory name.")
+        raise InvalidArgument(_EMPTY_NAME_MESSAGE)
     return repository.get(model_spec.name, version, label)
 
 
@@ -185,6 +188,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         from dgc_tf.serving.rest import status_json  # The REST and gRPC status share one source.
 
         model_spec = request.model_spec
+        if not model_spec.name:
+            raise InvalidArgument(_EMPTY_NAME_MESSAGE)
         version = model_spec.version.value if model_spec.HasField("version") else None
         if model_spec.WhichOneof("version_choice") == "version_label":
             version = self.repository.get(model_spec.name, None, model_spec.version_label).version

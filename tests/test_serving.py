@@ -501,6 +501,16 @@ def test_grpc_model_status_unknown_model(channel):
     assert "Model 'nope' not found. Served models: ['dgc']." in raised.value.details()
 
 
+def test_grpc_model_status_empty_name(channel):
+    request = get_model_status_pb2.GetModelStatusRequest()
+
+    with pytest.raises(grpc.RpcError) as raised:
+        model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model_spec.name is empty" in raised.value.details()
+
+
 def test_grpc_float64_input_names_expected_dtype(stub, trained):
     request = predict_request(trained["x"][:2], dtype=np.float64)
 
