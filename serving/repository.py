@@ -71,6 +71,7 @@ class ModelRepository:
         self._lock = threading.Lock()
         self._models = {}  # name -> {version: Servable}
         self._failed = {}  # (name, version) -> (version_stamp of the failed load, error message)
+        self._loading = set()  # (name, version) pairs being loaded
         self._scan_error = None
         self._stop = threading.Event()
         self._thread = None
@@ -87,6 +88,11 @@ class ModelRepository:
             if name not in self._models:
                 raise NotFound(f"Model {name!r} not found. Served models: {sorted(self._models)}.")
             return sorted(self._models[name], reverse=True)
+
+    def loading_versions(self, name):
+        """Return the set of versions of `name` that are being loaded."""
+        with self._lock:
+            return {version for model, version in self._loading if model == name}
 
     def failed_versions(self, name):
         """Return `{version: error message}` for the versions of `name` that failed to load."""
@@ -195,15 +201,19 @@ class ModelRepository:
         if previous is not None and previous[0] == stamp:
             return 0
         logger.info("loading model %s version %d from %s", name, version, path)
+        with self._lock:
+            self._loading.add((name, version))
         try:
             servable = Servable(name, version, path)
         except Exception as error:  # A broken version must not stop the server.
             message = " ".join(str(error).split())[:500] or type(error).__name__
             logger.error("failed to load model %s version %d from %s: %s", name, version, path, message)
             with self._lock:
+                self._loading.discard((name, version))
                 self._failed[(name, version)] = (stamp, message)
             return 0
         with self._lock:
+            self._loading.discard((name, version))
             self._failed.pop((name, version), None)
             self._models.setdefault(name, {})[version] = servable
         logger.info("loaded model %s version %d in %.1f s", name, version, servable.load_seconds)

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 from google.protobuf import json_format
@@ -121,7 +122,12 @@ def _match_path(path, method):
             f"Malformed request: {method} {path}. Expected /v1/models/<name>[/versions/<version>|"
             "/labels/<label>], followed by /metadata (GET) or :predict (POST)."
         )
-    return match
+    parts = match.groupdict()
+    # Names are percent-encoded in URLs, so a model directory "my model" is /v1/models/my%20model.
+    for key in ("name", "label"):
+        if parts[key]:
+            parts[key] = urllib.parse.unquote(parts[key])
+    return parts
 
 
 def parse_json_body(body):
@@ -235,21 +241,27 @@ def _string_to_json(item):
 
 
 def status_json(repository, name, version=None):
-    """Return the GetModelStatusResponse of TF Serving's REST API as JSON data."""
+    """Return the GetModelStatusResponse of TF Serving's REST API as JSON data.
+
+    Versions are AVAILABLE when loaded, LOADING while they load, and END
+    with the error message when their load failed.
+    """
     loaded = repository.versions(name)
     failed = repository.failed_versions(name)
-    if version is not None and version not in loaded and version not in failed:
+    loading = repository.loading_versions(name)
+    if version is not None and version not in set(loaded) | set(failed) | loading:
         raise NotFound(f"Version {version} of model {name!r} not found. Loaded versions: {sorted(loaded)}.")
     entries = []
-    for number in sorted(set(loaded) | set(failed), reverse=True):
+    for number in sorted(set(loaded) | set(failed) | loading, reverse=True):
         if version is not None and number != version:
             continue
         if number in loaded:
-            entries.append({"version": str(number), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}})
+            state, status = "AVAILABLE", {"error_code": "OK", "error_message": ""}
+        elif number in loading:
+            state, status = "LOADING", {"error_code": "OK", "error_message": ""}
         else:
-            entries.append(
-                {"version": str(number), "state": "END", "status": {"error_code": "UNKNOWN", "error_message": failed[number]}}
-            )
+            state, status = "END", {"error_code": "UNKNOWN", "error_message": failed[number]}
+        entries.append({"version": str(number), "state": state, "status": status})
     return {"model_version_status": entries}
 
 

@@ -36,7 +36,9 @@ from tensorflow_serving.apis import (
 import dgc_tf
 from dgc_tf.export import export_model
 from dgc_tf.serving.client import GrpcClient, RestClient
+from dgc_tf.serving import repository as repository_module
 from dgc_tf.serving.errors import RejectionLog
+from dgc_tf.serving.servable import Servable
 from dgc_tf.serving.server import ModelServer
 
 NUM_ROWS = 240
@@ -678,7 +680,7 @@ def test_version_added_and_removed_while_serving(private_server, trained, caplog
     time.sleep(0.6)
     assert served_versions(url) == {"1": "AVAILABLE"}
     os.rename(staging, model_dir / "2")
-    wait_for(lambda: "2" in served_versions(url), message="version 2 to load")
+    wait_for(lambda: served_versions(url).get("2") == "AVAILABLE", message="version 2 to load")
     with grpc.insecure_channel(f"127.0.0.1:{model_server.grpc_port}") as grpc_channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(grpc_channel).Predict(
             predict_request(trained["x"][:2]), timeout=30
@@ -706,7 +708,7 @@ def test_broken_version_logged_and_skipped(private_server, trained, caplog):
     with caplog.at_level(logging.INFO, logger="dgc_tf.serving"):
         broken.mkdir()
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-        wait_for(lambda: "3" in served_versions(url), message="version 3 to be reported")
+        wait_for(lambda: served_versions(url).get("3") == "END", message="version 3 to be reported")
 
     status = requests.get(f"{url}/v1/models/{MODEL}/versions/3", timeout=30).json()["model_version_status"][0]
     prediction = requests.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": trained["x"][:1].tolist()}, timeout=30)
@@ -738,6 +740,42 @@ def test_unloaded_version_label_logged(trained, caplog):
     assert any("version label dgc:canary names version 7, which is not loaded (loaded: [1])" in text for text in messages)
     assert any("version label absent:stable names version 1, which is not loaded (loaded: none)" in text for text in messages)
     assert not any("dgc:stable" in text for text in messages)
+
+
+def test_rest_percent_encoded_model_name(private_server, trained):
+    model_server, model_dir = private_server
+    url = f"http://127.0.0.1:{model_server.rest_port}"
+    shutil.copytree(model_dir / "1", model_dir.parent / "my model" / "1")
+    status_url = f"{url}/v1/models/my%20model"
+    wait_for(lambda: "AVAILABLE" in requests.get(status_url, timeout=30).text, message="'my model' to load")
+
+    response = requests.post(f"{url}/v1/models/my%20model:predict", json={"instances": trained["x"][:1].tolist()}, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["cluster"] == int(trained["expected"]["cluster"][0])
+
+
+def test_status_loading_while_version_loads(private_server, monkeypatch):
+    model_server, model_dir = private_server
+    url = f"http://127.0.0.1:{model_server.rest_port}"
+    release = threading.Event()
+
+    def held_servable(*arguments):
+        release.wait(30)  # Keeps the load running until the test has read the status.
+        return Servable(*arguments)
+
+    monkeypatch.setattr(repository_module, "Servable", held_servable)
+    shutil.copytree(model_dir / "1", model_dir / "2")
+    wait_for(lambda: served_versions(url).get("2") == "LOADING", message="version 2 to be LOADING")
+    with grpc.insecure_channel(f"127.0.0.1:{model_server.grpc_port}") as grpc_channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = MODEL
+        request.model_spec.version.value = 2
+        grpc_status = model_service_pb2_grpc.ModelServiceStub(grpc_channel).GetModelStatus(request, timeout=30)
+    release.set()
+    wait_for(lambda: served_versions(url).get("2") == "AVAILABLE", message="version 2 to load")
+
+    assert grpc_status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.LOADING
 
 
 def test_version_retried_when_files_complete(private_server, trained):
