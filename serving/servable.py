@@ -97,7 +97,7 @@ class Servable:
             # TensorFlow quotes the rejected value in its message, and fails to decode it when it is not UTF-8.
             raise InvalidArgument(
                 f"Signature {signature_name!r} rejected the inputs with an error message that is not UTF-8 text. "
-                "A string input holds bytes that are not UTF-8, such as a label the model was not trained on."
+                "A string input contains bytes that are not UTF-8, such as a label the model was not trained on."
             ) from None
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
             message = _graph_error_text(getattr(error, "message", None) or str(error))
