@@ -596,6 +596,17 @@ def test_grpc_bad_request(stub, trained, mutate, code, message):
     assert message in raised.value.details()
 
 
+def test_grpc_label_not_utf8(stub, trained):
+    request = predict_request(trained["x"][:1], signature_name="cluster_labeled")
+    request.inputs["y"].CopyFrom(tf.make_tensor_proto(np.array([b"\xff"], dtype=object)))
+
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "A string input contains bytes that are not UTF-8" in raised.value.details()
+
+
 def test_grpc_classify_unimplemented(stub):
     with pytest.raises(grpc.RpcError) as raised:
         stub.Classify(classification_pb2.ClassificationRequest(), timeout=30)
