@@ -297,7 +297,7 @@ def test_bars_met_and_short():
     assert [row[2] for row in results_report.evaluate_bars("pacman", {"dgc": met})] == ["met", "met"]
     assert [row[2] for row in results_report.evaluate_bars("pacman", {"dgc": short})] == [
         "met",
-        "short by 15.0 points",
+        "short by 15.0 points of 95.0%",
     ]
 
 
@@ -309,5 +309,146 @@ def test_fashion_bar_compares_with_classifier():
 
     rows = results_report.evaluate_bars("fashion_mnist", models)
 
-    assert rows[0][2] == "short by 1.0 points"
+    assert rows[0][2] == "short by 1.0 points of 89.0%"
     assert rows[1][2] == "met"
+
+
+# ---------------------------------------------------------------- invalid input
+
+
+GOOD_LINE = json.dumps({
+    "experiment": "pacman", "model": "kmeans", "seed": 0, "smoke": True, "status": "ok",
+    "test_accuracy": 0.5, "train_accuracy": 0.5, "seconds": 1.0, "peak_rss_mb": 10.0,
+}) + "\n"
+
+
+def write_results(folder, experiment, text):
+    (folder / experiment).mkdir(parents=True)
+    path = folder / experiment / "results.jsonl"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "bad_line, reason",
+    [('{"model": "dgc", "se\n', "invalid JSON"), ("[1, 2]\n", "not an object"), ('{"status": "ok"}\n', "missing keys")],
+)
+def test_read_records_names_bad_line(tmp_path, bad_line, reason):
+    path = write_results(tmp_path, "pacman", GOOD_LINE + bad_line)
+
+    with pytest.raises(experiments.InvalidRecords) as caught:
+        experiments.read_records(str(path))
+
+    assert f"{path} line 2" in str(caught.value)
+    assert reason in str(caught.value)
+
+
+def test_cli_rejects_file_as_out(tmp_path, capsys):
+    not_a_folder = tmp_path / "results.txt"
+    not_a_folder.write_text("keep me\n")
+
+    with pytest.raises(SystemExit) as caught:
+        experiments.main(["pacman", "--smoke", "--models", "kmeans", "--in-process", "--out", str(not_a_folder)])
+
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--out '{not_a_folder}'" in error
+    assert "Traceback" not in error
+    assert not_a_folder.read_text() == "keep me\n"
+
+
+def test_cli_rejects_corrupt_results_before_training(tmp_path, capsys):
+    truncated = GOOD_LINE + GOOD_LINE[:40]
+    path = write_results(tmp_path, "pacman", truncated)
+
+    with pytest.raises(SystemExit) as caught:
+        experiments.main(["pacman", "--smoke", "--models", "kmeans", "--in-process", "--out", str(tmp_path)])
+
+    assert caught.value.code == 2
+    assert f"{path} line 2 is not a valid record" in capsys.readouterr().err
+    assert path.read_text() == truncated
+
+
+def test_cli_rejects_seed_beyond_numpy(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        experiments.main(["pacman", "--smoke", "--first-seed", str(experiments.MAX_SEED), "--seeds", "2",
+                          "--out", str(tmp_path)])
+
+    assert caught.value.code == 2
+    assert "Lower --first-seed or --seeds" in capsys.readouterr().err
+    assert not (tmp_path / "pacman" / "results.jsonl").exists()
+
+
+def test_cli_interrupt_prints_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted_run(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "run_experiment", interrupted_run)
+
+    assert experiments.main(["pacman", "--smoke", "--out", str(tmp_path)]) == 130
+    error = capsys.readouterr().err
+    assert error.startswith("Interrupted. The records of finished jobs are kept")
+    assert "Traceback" not in error
+
+
+def run_report_expecting_error(runs, out, capsys):
+    with pytest.raises(SystemExit) as caught:
+        results_report.main(["--runs", str(runs), "--out", str(out)])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error
+
+
+def test_report_rejects_corrupt_records(tmp_path, capsys):
+    path = write_results(tmp_path / "runs", "pacman", GOOD_LINE + "{not json\n")
+
+    error = run_report_expecting_error(tmp_path / "runs", tmp_path / "docs" / "results.md", capsys)
+
+    assert f"{path} line 2 is not a valid record" in error
+    assert not (tmp_path / "docs" / "results.md").exists()
+
+
+def test_report_without_records_keeps_page(tmp_path, capsys):
+    (tmp_path / "runs" / "pacman").mkdir(parents=True)
+    (tmp_path / "runs" / "pacman" / "results.jsonl").write_text("")
+    page = tmp_path / "results.md"
+    page.write_text("measured results\n")
+
+    error = run_report_expecting_error(tmp_path / "runs", page, capsys)
+
+    assert "has no records" in error
+    assert page.read_text() == "measured results\n"
+
+
+def test_report_rejects_records_in_wrong_folder(tmp_path, capsys):
+    write_results(tmp_path / "runs", "noisy_mnist", GOOD_LINE)
+
+    error = run_report_expecting_error(tmp_path / "runs", tmp_path / "results.md", capsys)
+
+    assert "experiment 'pacman', but its folder is named 'noisy_mnist'" in error
+
+
+@pytest.mark.parametrize("name", ["results", "results.md"])
+def test_report_rejects_out_that_is_no_page(tmp_path, capsys, name):
+    write_results(tmp_path / "runs", "pacman", GOOD_LINE)
+    (tmp_path / name).mkdir()
+
+    error = run_report_expecting_error(tmp_path / "runs", tmp_path / name, capsys)
+
+    assert f"--out '{tmp_path / name}'" in error
+    assert (tmp_path / name).is_dir()
+
+
+def test_report_names_its_notes_file(tmp_path):
+    write_results(tmp_path / "runs", "pacman", GOOD_LINE)
+    notes = tmp_path / "my_notes.md"
+    notes.write_text("A note.\n")
+    page = tmp_path / "docs" / "page.md"
+
+    assert results_report.main(["--runs", str(tmp_path / "runs"), "--out", str(page), "--notes", str(notes)]) == 0
+
+    text = page.read_text()
+    assert "edit the notes in `my_notes.md`" in text
+    assert "A note." in text
+    assert "| kmeans | 50.0 |" in text

@@ -195,6 +195,9 @@ MEMORY_METHODS = {
     True: "ru_maxrss of a subprocess per job",
     False: "ru_maxrss of one process for all jobs (peak so far)",
 }
+# The largest seed: keras.utils.set_random_seed passes it to np.random.seed,
+# which accepts 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 # Rows of the test set kept for the latent projection and the Pacman plots.
 PLOT_ROWS = 1000
 
@@ -474,12 +477,46 @@ def _replace_atomically(path, write):
             os.remove(temporary)
 
 
+class InvalidRecords(ValueError):
+    """Raised when a results.jsonl line is not a JSON object with the keys of a record."""
+
+
+# Keys that save_record needs to find an earlier record of the same job.
+RECORD_KEYS = ("model", "seed", "smoke")
+
+
 def read_records(path):
-    """Return the records of a results.jsonl file, or an empty list when it does not exist."""
+    """Return the records of a results.jsonl file, or an empty list when it does not exist.
+
+    Raises:
+        InvalidRecords: a line is not valid JSON, not an object, or lacks a
+            key of `RECORD_KEYS`. The message names the file and line.
+    """
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]
+    records = []
+    with open(path, "rb") as file:
+        for number, raw_line in enumerate(file, start=1):
+            if not raw_line.strip():
+                continue
+            try:
+                record = json.loads(raw_line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise InvalidRecords(_invalid_line_message(path, number, f"invalid JSON: {error}")) from error
+            if not isinstance(record, dict):
+                raise InvalidRecords(_invalid_line_message(path, number, f"a JSON {type(record).__name__}, not an object"))
+            missing = [key for key in RECORD_KEYS if key not in record]
+            if missing:
+                raise InvalidRecords(_invalid_line_message(path, number, f"missing keys {missing}"))
+            records.append(record)
+    return records
+
+
+def _invalid_line_message(path, number, reason):
+    return (
+        f"{path} line {number} is not a valid record ({reason}). Expected one JSON object per line "
+        "as written by dgc_tf.training.experiments; repair or delete that line, or move the file aside."
+    )
 
 
 def save_record(directory, record):
@@ -660,24 +697,77 @@ def main(argv=None):
     if args.first_seed < 0:
         parser.error(f"--first-seed must be at least 0. Received: {args.first_seed}")
 
-    if args.job:
-        if args.experiment == "all":
-            parser.error("--job needs one experiment, not all")
-        record = run_job(args.experiment, args.job, args.first_seed, args.out, args.smoke, True, args.download)
-        return 1 if record["status"] == "failed" else 0
-
     experiments = sorted(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.job and args.experiment == "all":
+        parser.error("--job needs one experiment, not all")
     if args.models:
         known = {run["name"] for name in experiments for run in EXPERIMENTS[name]["runs"]}
         unknown = sorted(set(args.models) - known)
         if unknown:
             parser.error(f"unknown models {unknown}; the chosen experiments have {sorted(known)}")
-    failures = 0
+    seed_ranges = {}
     for experiment in experiments:
-        num_seeds = args.seeds if args.seeds is not None else EXPERIMENTS[experiment]["seeds"]
-        seeds = range(args.first_seed, args.first_seed + num_seeds)
-        failures += run_experiment(experiment, seeds, args.out, args.smoke, args.in_process, args.models, args.download)
+        if args.job:
+            num_seeds = 1
+        elif args.seeds is not None:
+            num_seeds = args.seeds
+        else:
+            num_seeds = EXPERIMENTS[experiment]["seeds"]
+        seed_ranges[experiment] = range(args.first_seed, args.first_seed + num_seeds)
+        if seed_ranges[experiment][-1] > MAX_SEED:
+            parser.error(
+                f"seeds {args.first_seed} to {seed_ranges[experiment][-1]} of {experiment} exceed {MAX_SEED}, "
+                "the largest seed NumPy accepts. Lower --first-seed or --seeds."
+            )
+        problem = check_output_folder(args.out, experiment)
+        if problem:
+            parser.error(problem)
+
+    try:
+        if args.job:
+            record = run_job(args.experiment, args.job, args.first_seed, args.out, args.smoke, True, args.download)
+            return 1 if record["status"] == "failed" else 0
+        failures = 0
+        for experiment in experiments:
+            failures += run_experiment(
+                experiment, seed_ranges[experiment], args.out, args.smoke, args.in_process, args.models, args.download
+            )
+    except KeyboardInterrupt:
+        if args.job:
+            return 130  # the parent process prints the message
+        # Every finished job's record is already in results.jsonl, which is only ever replaced whole.
+        print(
+            f"Interrupted. The records of finished jobs are kept in {args.out}/<experiment>/results.jsonl; "
+            "rerun the same command to run every job again.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     return 1 if failures else 0
+
+
+def check_output_folder(out, experiment):
+    """Return None when `<out>/<experiment>/` can take results, else the reason and the fix.
+
+    Creates the folder, checks that it is writable and that an existing
+    results.jsonl can be read, so that no job trains before a bad `--out`
+    fails and no earlier record is dropped by a rewrite.
+    """
+    directory = os.path.join(out, experiment)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        return (
+            f"--out {out!r}: cannot create the folder {directory!r} ({error.strerror}). "
+            "Pass a folder that exists or can be created, not a file."
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"--out {out!r}: the folder {directory!r} is not writable. Pass a writable folder."
+    try:
+        read_records(os.path.join(directory, "results.jsonl"))
+    except (InvalidRecords, OSError) as error:
+        return f"--out {out!r}: {error}"
+    return None
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from dgc_tf.training.experiments import EXPERIMENTS, arrays_filename, read_records
+from dgc_tf.training.experiments import EXPERIMENTS, InvalidRecords, arrays_filename, read_records
 
 # The figures of Shi et al., "Deep Goal-Oriented Clustering" (arXiv:2006.04259).
 PAPER_FIGURES = {
@@ -92,7 +92,8 @@ def metric_values(records, key):
 
 
 def _shortfall(bar, measured):
-    return "met" if measured >= bar else f"short by {100 * (bar - measured):.1f} points"
+    # The status names the bar's value, because for the classifier bar it is not a number in the bar's text.
+    return "met" if measured >= bar else f"short by {100 * (bar - measured):.1f} points of {100 * bar:.1f}%"
 
 
 def evaluate_bars(experiment, models):
@@ -361,16 +362,37 @@ def experiment_section(experiment, records, run_dir, figure_dir, figure_link, pl
     return lines
 
 
-def build_page(runs_dir, figure_dir, figure_link, notes_path, plt):
-    """Return the Markdown text of the results page; write the plots to `figure_dir`."""
+def load_runs(runs_dir):
+    """Return `{experiment: records}` for every `<runs_dir>/<experiment>/results.jsonl`, known recipes first.
+
+    Raises:
+        InvalidRecords: a line of a results file is not a record, or a record
+            names another experiment than the folder it is in.
+    """
     found = sorted(os.path.basename(os.path.dirname(path)) for path in glob.glob(os.path.join(runs_dir, "*", "results.jsonl")))
     order = [name for name in EXPERIMENTS if name in found] + [name for name in found if name not in EXPERIMENTS]
+    runs = {}
+    for experiment in order:
+        path = os.path.join(runs_dir, experiment, "results.jsonl")
+        records = read_records(path)
+        for record in records:
+            if record.get("experiment", experiment) != experiment:
+                raise InvalidRecords(
+                    f"{path} contains a record of experiment {record['experiment']!r}, but its folder is named "
+                    f"{experiment!r}. Move the file to {os.path.join(runs_dir, record['experiment'])}/."
+                )
+        runs[experiment] = records
+    return runs
+
+
+def build_page(runs_dir, runs, figure_dir, figure_link, notes_path, plt):
+    """Return the Markdown text of the results page for `runs` (from `load_runs`); write the plots to `figure_dir`."""
     lines = [
         "# Experiment results",
         "",
         "Written by `python -m dgc_tf.training.results_report` from the runs in "
         f"`{runs_dir}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; edit the notes in "
-        "`results_notes.md`, not this page.",
+        f"`{os.path.basename(notes_path)}`, not this page.",
         "",
         "Clustering accuracy is the best one-to-one matching of clusters to true groups (Hungarian "
         "algorithm); clusters left unmatched count as errors. \"Unlabeled\" uses no `y` "
@@ -380,11 +402,8 @@ def build_page(runs_dir, figure_dir, figure_link, notes_path, plt):
         "the other rows to the nearest cluster centroid.",
         "",
     ]
-    if not order:
-        lines += [f"No results found under `{runs_dir}`.", ""]
-    for experiment in order:
+    for experiment, records in runs.items():
         run_dir = os.path.join(runs_dir, experiment)
-        records = read_records(os.path.join(run_dir, "results.jsonl"))
         lines += experiment_section(experiment, records, run_dir, figure_dir, figure_link, plt)
 
     lines += ["## Notes", ""]
@@ -405,6 +424,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.isdir(args.runs):
         parser.error(f"--runs {args.runs!r} is not a folder. Run `python -m dgc_tf.training.experiments` first.")
+    if not args.out.endswith(".md"):
+        parser.error(f"--out {args.out!r} must name a Markdown file ending in .md, for example docs/results.md.")
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a folder. Name the page to write, for example {args.out}/results.md.")
+    try:
+        runs = load_runs(args.runs)
+    except (InvalidRecords, OSError) as error:
+        parser.error(str(error))
+    if not any(runs.values()):
+        # Checked before writing, so that a wrong --runs never replaces a page of real results with an empty one.
+        parser.error(
+            f"--runs {args.runs!r} has no records: expected <experiment>/results.jsonl files in it. "
+            "Pass the --out folder of `python -m dgc_tf.training.experiments`, or run that first."
+        )
 
     import matplotlib
 
@@ -414,9 +447,15 @@ def main(argv=None):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     stem = os.path.splitext(os.path.basename(args.out))[0]
     figure_dir = os.path.join(out_dir, stem)
-    os.makedirs(figure_dir, exist_ok=True)
+    try:
+        os.makedirs(figure_dir, exist_ok=True)
+    except OSError as error:
+        parser.error(
+            f"--out {args.out!r}: cannot create the plot folder {figure_dir!r} ({error.strerror}). "
+            "Name a page in a folder that exists or can be created."
+        )
     notes = args.notes or os.path.join(out_dir, f"{stem}_notes.md")
-    page = build_page(args.runs, figure_dir, stem, notes, plt)
+    page = build_page(args.runs, runs, figure_dir, stem, notes, plt)
 
     temporary = os.path.join(out_dir, f".{stem}.tmp-{os.getpid()}.md")
     try:
