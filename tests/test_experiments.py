@@ -452,3 +452,19 @@ def test_report_names_its_notes_file(tmp_path):
     assert "edit the notes in `my_notes.md`" in text
     assert "A note." in text
     assert "| kmeans | 50.0 |" in text
+
+
+def test_latent_colours_distinct_for_two_labels():
+    import matplotlib
+    from matplotlib.colors import Normalize
+
+    for labels in (np.array([0, 1]), np.array([3, 12, 13])):
+        arguments = results_report.label_colours(labels)
+        colour_map = matplotlib.colormaps[arguments["cmap"]]
+        colours = colour_map(Normalize(arguments["vmin"], arguments["vmax"])(arguments["c"]))
+        expected = [colour_map.colors[label % colour_map.N] for label in labels]
+
+        np.testing.assert_allclose(colours[:, :3], expected)
+    # Two clusters get the first two tab10 colours, blue and orange, not two blues.
+    two = results_report.label_colours(np.array([0, 1]))
+    assert two["cmap"] == "tab10"

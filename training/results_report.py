@@ -201,12 +201,25 @@ def plot_confusions(plt, run_dir, models, path):
     return True
 
 
+def label_colours(labels):
+    """Return scatter arguments that give each integer label the same distinct colour in every plot.
+
+    A colour map normalized to the labels present would give two labels the
+    two ends of tab20, which are both blue, and one label alone no reference.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or int(labels.max()) < 10:
+        return {"c": labels, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5}
+    return {"c": labels % 20, "cmap": "tab20", "vmin": -0.5, "vmax": 19.5}
+
+
 def plot_latent(plt, arrays, seed, path):
     """Scatter the 2-D projection of the test codes, coloured by cluster and by true group."""
     figure, axes = plt.subplots(1, 2, figsize=(6.0, 2.8))
     for axis, key, title in ((axes[0], "latent_cluster", "coloured by cluster"), (axes[1], "latent_group", "coloured by true group")):
-        axis.scatter(arrays["latent_2d"][:, 0], arrays["latent_2d"][:, 1], c=arrays[key], cmap="tab20", s=3)
-        axis.set_title(f"DGC z_mean, seed {seed}, {title}", fontsize=7)
+        axis.scatter(arrays["latent_2d"][:, 0], arrays["latent_2d"][:, 1], s=3, **label_colours(arrays[key]))
+        num_labels = len(np.unique(arrays[key]))
+        axis.set_title(f"DGC z_mean, seed {seed}\n{title} ({num_labels} present)", fontsize=7)
         axis.set_xlabel("principal component 1", fontsize=6)
         axis.set_ylabel("principal component 2", fontsize=6)
         axis.tick_params(labelsize=5)
