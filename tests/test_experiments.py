@@ -468,3 +468,15 @@ def test_latent_colours_distinct_for_two_labels():
     # Two clusters get the first two tab10 colours, blue and orange, not two blues.
     two = results_report.label_colours(np.array([0, 1]))
     assert two["cmap"] == "tab10"
+
+
+def test_report_rejects_missing_notes(tmp_path, capsys):
+    write_results(tmp_path / "runs", "pacman", GOOD_LINE)
+    missing = tmp_path / "notes.md"
+
+    with pytest.raises(SystemExit) as caught:
+        results_report.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "page.md"), "--notes", str(missing)])
+
+    assert caught.value.code == 2
+    assert f"--notes '{missing}' is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "page.md").exists()

@@ -439,6 +439,8 @@ def main(argv=None):
         parser.error(f"--runs {args.runs!r} is not a folder. Run `python -m dgc_tf.training.experiments` first.")
     if not args.out.endswith(".md"):
         parser.error(f"--out {args.out!r} must name a Markdown file ending in .md, for example docs/results.md.")
+    if args.notes and not os.path.isfile(args.notes):
+        parser.error(f"--notes {args.notes!r} is not a file. Pass an existing Markdown file, or leave --notes out.")
     if os.path.isdir(args.out):
         parser.error(f"--out {args.out!r} is a folder. Name the page to write, for example {args.out}/results.md.")
     try:
