@@ -30,46 +30,29 @@ from dgc_tf.data import load_noisy_mnist, make_pacman, train_test_split  # noqa:
 from dgc_tf.metrics import clustering_accuracy, clustering_scores  # noqa: E402
 from dgc_tf.model import DGC  # noqa: E402
 from dgc_tf.restarts import fit_with_restarts  # noqa: E402
+from dgc_tf.training.experiments import EXPERIMENTS  # noqa: E402
 
-# Settings per data set. Epoch counts keep the whole demo within about 15
-# minutes on 2 CPU cores; the experiment recipes train longer.
+# The demo trains with the settings of the experiment recipes of the same
+# name, so the two never drift apart.
+_TRAINING_KEYS = (
+    "num_clusters",
+    "model",
+    "prior_init",
+    "refit_start_epoch",
+    "pretrain_epochs",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "n_init",
+)
 RECIPES = {
     "pacman": {
         "load": lambda seed: make_pacman(10000, seed=seed),
-        "num_clusters": 2,
-        "model": dict(
-            response="gaussian",
-            latent_dim=10,
-            encoder_units=(128, 256, 256),
-            likelihood="gaussian",
-            head="linear",
-        ),
-        "prior_init": "shared",
-        "refit_start_epoch": 10,
-        "pretrain_epochs": 20,
-        "epochs": 30,
-        "batch_size": 128,
-        "learning_rate": 1e-3,
-        "n_init": 2,
+        **{key: EXPERIMENTS["pacman"][key] for key in _TRAINING_KEYS},
     },
     "noisy_mnist": {
         "load": lambda seed: load_noisy_mnist(seed=seed),
-        "num_clusters": 4,
-        "model": dict(
-            response="categorical",
-            latent_dim=10,
-            encoder_units=(500, 500, 2000),
-            likelihood="bernoulli",
-            head="bias",
-            response_weight=10.0,
-        ),
-        "prior_init": "class",
-        "refit_start_epoch": 10,
-        "pretrain_epochs": 50,
-        "epochs": 60,
-        "batch_size": 100,
-        "learning_rate": 1e-3,
-        "n_init": 2,
+        **{key: EXPERIMENTS["noisy_mnist"][key] for key in _TRAINING_KEYS},
     },
 }
 
