@@ -306,7 +306,7 @@ class RestServer(http.server.ThreadingHTTPServer):
         self._connections = {}
         self._busy_connections = set()
         self._idle = threading.Condition()
-        # TCPServer binds IPv4 unless told otherwise, so an IPv6 host such as ::1 needs its family.
+        # TCPServer binds IPv4 by default, so an IPv6 host such as ::1 needs its own address family.
         self.address_family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0][0]
         super().__init__(address, RestHandler)
 

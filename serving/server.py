@@ -18,8 +18,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REST_PORT = 8501
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_POLL_SECONDS = 2.0
-# 32 MiB is roughly 1.6 million float32 values in JSON as json.dumps writes them
-# (about 20 bytes each); an estimate, because shorter numbers take fewer bytes.
+# 32 MiB is an estimated 1.6 million float32 values in JSON as json.dumps
+# writes them, at about 20 bytes each. Shorter numbers take fewer bytes.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Seconds that running REST requests and gRPC calls may take to finish after a stop request.
 STOP_GRACE_SECONDS = 5.0

@@ -178,8 +178,8 @@ def test_allocate_components_rejects_more_components_than_rows():
 
 
 def test_fit_class_mixture_splits_each_class_by_geometry():
-    # Class 0 holds the two left blobs, class 1 the right one: with 3
-    # components, class 0's two get the blobs that only the codes tell apart.
+    # Class 0 contains the two left blobs and class 1 the right one. With 3
+    # components, class 0's two go to the blobs that only the codes tell apart.
     z, groups = separated_codes()
     labels = np.where(groups == 2, 1, 0)
 
@@ -194,7 +194,7 @@ def test_fit_class_mixture_splits_each_class_by_geometry():
     np.testing.assert_allclose(means, CENTERS[nearest_center], atol=0.2)
 
 
-def test_fit_class_mixture_with_fewer_components_than_classes_groups_classes():
+def test_fit_class_mixture_groups_classes():
     z, groups = separated_codes()
     # Six classes, two per blob: the three components must follow the blobs.
     labels = 2 * groups + np.arange(len(groups)) % 2

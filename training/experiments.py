@@ -11,9 +11,10 @@ each (model, seed) job runs in its own Python subprocess, so the peak memory
 recorded for it (`ru_maxrss` of that process) belongs to that job alone;
 `--in-process` runs all jobs in this process, where `ru_maxrss` is the peak
 of the whole run so far. Results go to `<out>/<experiment>/results.jsonl`,
-one JSON object per job (a rerun of the same job replaces its line), and the
-arrays for the plots to `<out>/<experiment>/<model>_seed<seed>.npz` (`..._smoke.npz`
-for a smoke run, so that it never replaces the arrays of a full run).
+one JSON object per job, and a rerun of the same job replaces its line. The
+arrays for the plots go to `<out>/<experiment>/<model>_seed<seed>.npz`. A
+smoke run writes `..._smoke.npz`, so it never replaces the arrays of a full
+run.
 `python -m dgc_tf.training.results_report` turns them into docs/results.md.
 
 The true groups are used only to score the clusterings, never in training.
@@ -44,10 +45,9 @@ from dgc_tf.metrics import clustering_accuracy, clustering_scores  # noqa: E402
 
 # Shared settings of the image recipes on Fashion-MNIST and SVHN: a conv
 # encoder, a Bernoulli decoder for pixels in [0, 1] and a linear head per
-# cluster. NOTE: the epoch counts come from timed single epochs on a 2-core
-# CPU shared with other jobs (about 5 s per DGC epoch on 10,000 rows), which
-# put fashion_mnist at an estimated 20 minutes for 3 seeds and the K sweep at
-# 10. The report records the measured times.
+# cluster. The epoch counts keep each experiment within 30 minutes on 2 CPU
+# cores: shared with other jobs, fashion_mnist took 12 minutes for 3 seeds
+# and the K sweep 6. The report records the measured times.
 _IMAGE_TRAINING = {
     "num_clusters": 10,
     "prior_init": "class",
